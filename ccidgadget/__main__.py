@@ -1,0 +1,3 @@
+from ccidgadget.cli import main
+
+raise SystemExit(main())
