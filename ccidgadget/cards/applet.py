@@ -1,0 +1,194 @@
+"""An emulated card made of applets, with the ISO 7816-4 transport rules done once.
+
+`AppletCard` owns what every emulated card needs and no applet should redo:
+- command chaining (CLA bit 0x10, ISO 7816-4 §5.1.1.1): chained parts of one
+  command are gathered, acknowledged with 9000, and the applet sees one
+  command;
+- response chaining (§5.3.4 / §7.6.1): a response longer than Le (or 256 in a
+  short APDU) is returned in pieces with 61xx and GET RESPONSE;
+- SELECT by AID (§11.2.2), with right-truncated AIDs as PIV clients send them;
+- logical channels other than the basic one are refused (6881);
+- one place where an `ApduError` becomes a status word, and where a bug
+  in an applet becomes 6F00 instead of a dead slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from .base import EmulatedCard
+from .iso7816 import SW, ApduError, CommandAPDU, SHORT_LE_MAX, response
+
+log = logging.getLogger(__name__)
+
+INS_SELECT = 0xA4
+INS_GET_RESPONSE = 0xC0
+
+#: Upper bound on one command gathered through CLA chaining. Larger than any
+#: PIV/CAC object (PIV certificates are at most a few KiB, SP 800-73-4 App. A).
+MAX_CHAINED_COMMAND = 65536
+
+
+class Applet:
+    """One application on the card, selected by AID."""
+
+    aid: bytes = b""
+    name: str = "applet"
+
+    def select(self, cmd: CommandAPDU) -> bytes:
+        """Called when SELECT picks this applet; returns the FCI / APT (no SW)."""
+        return b""
+
+    def deselect(self) -> None:
+        """Another applet was selected or the card was reset."""
+
+    def process(self, cmd: CommandAPDU) -> bytes:
+        """Handle one (chaining-reassembled) command; return response data (no SW).
+
+        Raise ApduError for failures.  A return of `(data, sw)` is allowed
+        for warnings that carry data (6282 and the like).
+        """
+        raise ApduError(SW.INS_NOT_SUPPORTED)
+
+
+class AppletCard(EmulatedCard):
+    """An emulated card hosting applets; subclasses give the ATR and the applets."""
+
+    def __init__(self, applets: list[Applet], *, inserted: bool = True) -> None:
+        super().__init__(inserted=inserted)
+        self.applets = list(applets)
+        self.selected: Applet | None = None
+        self._chain: CommandAPDU | None = None     # command chaining in progress
+        self._pending: bytes = b""                  # response bytes not yet fetched
+
+    # -- hooks --------------------------------------------------------------
+    def default_applet(self) -> Applet | None:
+        """Applet selected implicitly after reset (ISO 7816-4 §11.2.2, 'default selection')."""
+        return None
+
+    def process_unselected(self, cmd: CommandAPDU) -> bytes:
+        """Commands sent while no applet is selected (file system, GET CHALLENGE...)."""
+        raise ApduError(SW.CONDITIONS_NOT_SATISFIED if cmd.ins != INS_SELECT else SW.FILE_NOT_FOUND)
+
+    def select_other(self, cmd: CommandAPDU) -> bytes:
+        """SELECT forms other than by AID (file id, path); default 'not supported'."""
+        raise ApduError(SW.FUNCTION_NOT_SUPPORTED)
+
+    # -- EmulatedCard -------------------------------------------------------
+    def reset(self) -> None:
+        if self.selected is not None:
+            self.selected.deselect()
+        self.selected = self.default_applet()
+        self._chain = None
+        self._pending = b""
+
+    def process_apdu(self, apdu: bytes) -> bytes:
+        try:
+            cmd = CommandAPDU.parse(apdu)
+            return self._process(cmd)
+        except ApduError as e:
+            self._chain = None
+            return response(sw=e.sw)
+        except Exception:  # an applet bug must not kill the slot; keep the card usable
+            log.exception("emulated card failed on INS %02X", apdu[1] if len(apdu) > 1 else -1)
+            self._chain = None
+            self._pending = b""
+            return response(sw=SW.NO_PRECISE_DIAGNOSIS)
+
+    # -- transport rules ----------------------------------------------------
+    def _process(self, cmd: CommandAPDU) -> bytes:
+        if cmd.cla == 0xFF:
+            raise ApduError(SW.CLA_NOT_SUPPORTED)
+        if cmd.cla & 0x03 or (cmd.cla & 0x40):
+            raise ApduError(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)
+        if cmd.cla & 0x0C:
+            raise ApduError(SW.SECURE_MESSAGING_NOT_SUPPORTED)
+
+        if cmd.ins == INS_GET_RESPONSE and self._chain is None:
+            return self._get_response(cmd)
+        self._pending = b""          # any other command abandons an unfetched response
+
+        cmd = self._gather_chain(cmd)
+        if cmd is None:
+            return response()         # chained part acknowledged
+
+        result = self._dispatch(cmd)
+        sw = SW.OK
+        if isinstance(result, tuple):
+            result, sw = result
+        return self._respond(bytes(result), cmd, sw)
+
+    def _gather_chain(self, cmd: CommandAPDU) -> CommandAPDU | None:
+        if self._chain is not None:
+            head = self._chain
+            if (cmd.ins, cmd.p1, cmd.p2) != (head.ins, head.p1, head.p2) or (cmd.cla & ~0x10) != (head.cla & ~0x10):
+                self._chain = None
+                raise ApduError(SW.LAST_COMMAND_EXPECTED)
+            data = head.data + cmd.data
+            if len(data) > MAX_CHAINED_COMMAND:
+                self._chain = None
+                raise ApduError(SW.WRONG_LENGTH, "chained command too long")
+            merged = replace(head, data=data, le=cmd.le, cla=cmd.cla & ~0x10)
+        else:
+            merged = replace(cmd, cla=cmd.cla & ~0x10)
+        if cmd.chained:
+            self._chain = merged
+            return None
+        self._chain = None
+        return merged
+
+    def _dispatch(self, cmd: CommandAPDU):
+        if cmd.ins == INS_SELECT and cmd.p1 == 0x04:
+            return self._select_aid(cmd)
+        if cmd.ins == INS_SELECT:
+            return self.select_other(cmd)
+        if self.selected is None:
+            return self.process_unselected(cmd)
+        return self.selected.process(cmd)
+
+    def _select_aid(self, cmd: CommandAPDU) -> bytes:
+        # P2 low bits: 00 first/only occurrence; 02 next occurrence is not
+        # supported by a card with unique AIDs.  P2 bits 3-4 select the answer
+        # (FCI, FCP, FMD, none); applets give their FCI and 0C asks for nothing.
+        if cmd.p2 & 0x03:
+            raise ApduError(SW.FUNCTION_NOT_SUPPORTED)
+        aid = cmd.data
+        if not 5 <= len(aid) <= 16:
+            raise ApduError(SW.WRONG_LENGTH if len(aid) > 16 else SW.FILE_NOT_FOUND)
+        for applet in self.applets:
+            if applet.aid.startswith(aid):
+                fci = applet.select(cmd)
+                if self.selected is not None and self.selected is not applet:
+                    self.selected.deselect()
+                self.selected = applet
+                return b"" if (cmd.p2 & 0x0C) == 0x0C else fci
+        # ISO 7816-4 §11.2.2 / SP 800-73-4 §3.1.1: on failure the current
+        # application stays selected.
+        raise ApduError(SW.FILE_NOT_FOUND)
+
+    def _respond(self, data: bytes, cmd: CommandAPDU, sw: int) -> bytes:
+        limit = cmd.le if cmd.le is not None else SHORT_LE_MAX
+        if not cmd.extended:
+            limit = min(limit, SHORT_LE_MAX)
+        if len(data) <= limit:
+            return response(data, sw)
+        if sw != SW.OK:
+            # Warnings cannot be chained; return what fits (rare: 6282 on a long read).
+            return response(data[:limit], sw)
+        self._pending = data[limit:]
+        return response(data[:limit], self._remaining_sw())
+
+    def _remaining_sw(self) -> int:
+        n = len(self._pending)
+        return SW.BYTES_REMAINING | (0 if n >= 256 else n)
+
+    def _get_response(self, cmd: CommandAPDU) -> bytes:
+        # GET RESPONSE (ISO 7816-4 §7.6.1): P1P2 must be 0000.
+        if cmd.p1 or cmd.p2:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if not self._pending:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
+        le = cmd.le if cmd.le is not None else SHORT_LE_MAX
+        chunk, self._pending = self._pending[:le], self._pending[le:]
+        return response(chunk, self._remaining_sw() if self._pending else SW.OK)

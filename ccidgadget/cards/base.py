@@ -1,0 +1,174 @@
+"""The one card interface every engine implements.
+
+The CCID reader never knows which engine sits behind a slot: it asks for an ATR,
+sends APDUs, powers the card off, and listens for presence changes.  Engines
+are asyncio-friendly: a slow engine (RSA key generation, a card across the
+network, a PC/SC call) awaits without blocking other slots.
+
+Emulated cards are synchronous APDU processors; `EmulatedCard` runs them on a
+single worker thread per card, which both keeps the event loop free and
+serialises access to the card's state.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import logging
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+PresenceListener = Callable[[bool], None]
+
+
+class CardError(Exception):
+    """The card cannot answer; the reader turns this into a CCID slot error."""
+
+
+class CardAbsent(CardError):
+    """No card in the slot (removed, client gone, reader unplugged)."""
+
+
+class CardMute(CardError):
+    """A card is there but did not answer (timeout, protocol failure)."""
+
+
+class CardHardwareError(CardError):
+    """The engine failed in a way the host should see as a hardware error."""
+
+
+class Card(abc.ABC):
+    """A card engine behind one slot.
+
+    Contract:
+    - `present` says whether a card is in the slot now; engines call
+      `_set_present()` when that changes and every listener is told.
+    - `power_on()` cold-resets the card and returns its ATR.
+    - `transmit(apdu)` sends one complete command APDU (short or extended,
+      never chained at the transport level) and returns the complete response
+      APDU including SW1 SW2.
+    - `power_off()` deactivates the card; transmit after it raises CardMute.
+    - Every method may raise CardAbsent, CardMute or CardHardwareError; any
+      other exception is a bug in the engine and the reader reports a
+      hardware error for it.
+    """
+
+    #: Short engine name for logs and status ("emulated", "passthru", ...).
+    engine: str = "card"
+
+    def __init__(self) -> None:
+        self._present = False
+        self._listeners: list[PresenceListener] = []
+
+    # -- presence -----------------------------------------------------------
+    @property
+    def present(self) -> bool:
+        return self._present
+
+    def add_presence_listener(self, listener: PresenceListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_presence_listener(self, listener: PresenceListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _set_present(self, present: bool) -> None:
+        if present == self._present:
+            return
+        self._present = present
+        for listener in list(self._listeners):
+            try:
+                listener(present)
+            except Exception:  # a listener's bug must not break the engine
+                log.exception("presence listener failed")
+
+    # -- life cycle ---------------------------------------------------------
+    async def start(self) -> None:
+        """Open sockets, load state, begin watching for presence."""
+
+    async def stop(self) -> None:
+        """Release everything `start` took."""
+
+    def describe(self) -> dict:
+        """Facts for `ccidgadget status` (never secrets)."""
+        return {"engine": self.engine, "present": self.present}
+
+    # -- the card -----------------------------------------------------------
+    @abc.abstractmethod
+    async def power_on(self) -> bytes:
+        """Cold reset; return the ATR."""
+
+    @abc.abstractmethod
+    async def power_off(self) -> None:
+        """Deactivate the card."""
+
+    @abc.abstractmethod
+    async def transmit(self, apdu: bytes) -> bytes:
+        """Send one command APDU, return the response APDU (data + SW1 SW2)."""
+
+
+class EmulatedCard(Card):
+    """Base for cards computed on the board.
+
+    Subclasses implement the synchronous `atr()`, `reset()` and
+    `process_apdu()`; they run on this card's own worker thread so that a
+    slow operation (RSA-4096 key generation) stalls neither the event loop
+    nor any other slot, and the card's state is touched by one thread only.
+    """
+
+    engine = "emulated"
+
+    def __init__(self, *, inserted: bool = True) -> None:
+        super().__init__()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"card-{type(self).__name__}")
+        self._powered = False
+        self._inserted_at_start = inserted
+
+    async def start(self) -> None:
+        self._set_present(self._inserted_at_start)
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # Simulated insertion/removal (control socket, tests).
+    def insert(self) -> None:
+        self._set_present(True)
+
+    def remove(self) -> None:
+        self._powered = False
+        self._set_present(False)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def power_on(self) -> bytes:
+        if not self.present:
+            raise CardAbsent("no card in the slot")
+        await self._run(self.reset)
+        self._powered = True
+        return self.atr()
+
+    async def power_off(self) -> None:
+        self._powered = False
+
+    async def transmit(self, apdu: bytes) -> bytes:
+        if not self.present:
+            raise CardAbsent("no card in the slot")
+        if not self._powered:
+            raise CardMute("card is not powered")
+        return await self._run(self.process_apdu, bytes(apdu))
+
+    # -- what a concrete emulated card provides -----------------------------
+    @abc.abstractmethod
+    def atr(self) -> bytes:
+        """The card's answer to reset."""
+
+    def reset(self) -> None:
+        """Forget volatile state (selected applet, PIN verified, chaining)."""
+
+    @abc.abstractmethod
+    def process_apdu(self, apdu: bytes) -> bytes:
+        """One command APDU in, one response APDU out (synchronous)."""
