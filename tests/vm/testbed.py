@@ -1,0 +1,684 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""QEMU test bed: boot a throw-away Linux guest that has configfs + dummy_hcd.
+
+The host kernel of a CI runner usually has neither configfs nor dummy_hcd and
+cannot load modules, so the end-to-end tests run inside a QEMU (TCG) guest:
+
+* kernel: Debian's ``linux-image-6.12.*+deb12-amd64-unsigned`` (newest one apt
+  knows), unpacked into ``<repo>/.cache/vm/`` together with its modules;
+* root file system: the host's ``/`` shared read-only over virtio-9p with a
+  tmpfs overlay on top, so the guest sees the same Python, venv, repository
+  and system packages (pcscd, libccid, ...) as the host, at the same paths;
+* results: a second, writable 9p share mounted at ``/mnt/out`` in the guest
+  (``$CCIDGADGET_VM_OUT``); the command's exit status and output land there.
+
+Only the standard library is used, so this works before any venv exists.
+
+Python API::
+
+    from tests.vm import testbed
+    testbed.prepare()                          # idempotent, cached
+    r = testbed.run("python3 -c 'print(1)'", timeout=120)
+    r.returncode, r.output, r.console, r.out_dir, r.duration, r.timed_out
+
+CLI::
+
+    python3 -m tests.vm.testbed prepare [--refresh]
+    python3 -m tests.vm.testbed run [--timeout S] [--cwd DIR] [--env K=V] -- CMD...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Iterable, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("CCIDGADGET_VM_CACHE") or REPO / ".cache" / "vm").resolve()
+
+KERNEL_PACKAGE_RE = re.compile(r"^linux-image-(6\.12\.(\d+)\+deb12-amd64)-unsigned$")
+QEMU = "qemu-system-x86_64"
+BUSYBOX = "/bin/busybox"
+
+#: where the writable results share is mounted inside the guest
+GUEST_OUT = "/mnt/out"
+#: modules the initramfs itself loads (with busybox insmod: decompressed)
+INITRAMFS_MODULES = ("9pnet_virtio", "9p", "overlay")
+#: modules the guest loads with kmod's modprobe before running the command
+GUEST_MODULES = ("dummy_hcd", "libcomposite", "usb_f_fs")
+
+# files in the out directory
+JOB_FILE = "vm-job.sh"
+STATUS_FILE = "vm-status"
+OUTPUT_FILE = "vm-output.log"
+CONSOLE_FILE = "console.log"
+QEMU_LOG_FILE = "qemu.log"
+
+#: host environment variables passed into the guest (if set)
+PASSTHROUGH_ENV = (
+    "PATH",
+    "CI",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "LANG",
+    "LC_ALL",
+    "PYTEST_ADDOPTS",
+    "PYTHONHASHSEED",
+    "PYTHONDONTWRITEBYTECODE",
+    "GITHUB_ACTIONS",
+    "HYPOTHESIS_PROFILE",
+)
+
+# 9p message size: the virtio transport caps it just under 512 KiB
+MSIZE = 512000
+
+
+class TestbedUnavailable(RuntimeError):
+    """The test bed cannot be set up here (no QEMU, no kernel package, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    version: str  #: kernel release, e.g. ``6.12.115+deb12-amd64``
+    tree: Path  #: root of the unpacked package (``modprobe -d`` / ``depmod -b``)
+    kernel: Path
+    initramfs: Path
+
+
+@dataclasses.dataclass
+class VMResult:
+    returncode: int | None  #: exit status of the guest command; None if unknown
+    console: str  #: the guest's serial console (kernel + init + command output)
+    out_dir: Path  #: the results share (``$CCIDGADGET_VM_OUT`` in the guest)
+    duration: float  #: seconds from QEMU start to QEMU exit
+    timed_out: bool = False
+    qemu_returncode: int | None = None
+    qemu_stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def output(self) -> str:
+        """stdout+stderr of the guest command (also part of ``console``)."""
+        try:
+            return (self.out_dir / OUTPUT_FILE).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def describe(self, tail: int = 80) -> str:
+        """Human-readable summary for failure messages."""
+        if self.timed_out:
+            what = f"timed out after {self.duration:.0f} s (QEMU killed)"
+        elif self.returncode is None:
+            what = f"no exit status (QEMU exit {self.qemu_returncode}; guest crashed or set-up failed)"
+        else:
+            what = f"exit status {self.returncode}"
+        lines = self.console.splitlines()
+        parts = [f"guest command: {what}, {self.duration:.1f} s; out dir {self.out_dir}"]
+        parts.append(f"--- last {min(tail, len(lines))} console lines ---")
+        parts.extend(lines[-tail:])
+        if self.qemu_stderr.strip():
+            parts.append("--- qemu stderr ---")
+            parts.append(self.qemu_stderr.strip())
+        return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _log(msg: str) -> None:
+    print(f"[vm] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_call(cmd: Sequence[str], **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    if p.returncode != 0:
+        raise TestbedUnavailable(
+            f"command failed ({p.returncode}): {shlex.join(cmd)}\n{p.stdout}{p.stderr}".strip()
+        )
+    return p
+
+
+class _Lock:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def missing_tools() -> list[str]:
+    """Host tools the test bed needs that are not installed."""
+    need = {QEMU: QEMU, "dpkg-deb": "dpkg-deb", "depmod": "depmod", "apt-get": "apt-get"}
+    out = [name for name, exe in need.items() if shutil.which(exe) is None
+           and not Path("/usr/sbin", exe).exists() and not Path("/sbin", exe).exists()]
+    if not Path(BUSYBOX).exists():
+        out.append(f"{BUSYBOX} (busybox-static)")
+    return out
+
+
+def _which(exe: str) -> str:
+    for cand in (shutil.which(exe), f"/usr/sbin/{exe}", f"/sbin/{exe}"):
+        if cand and Path(cand).exists():
+            return cand
+    raise TestbedUnavailable(f"{exe} not found")
+
+
+# --------------------------------------------------------------------------- kernel package
+
+
+def _kernel_candidates() -> list[tuple[int, str, str]]:
+    """(patch level, package, kernel release) for installable 6.12 amd64 kernels."""
+    p = subprocess.run(
+        ["apt-cache", "search", "--names-only", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    found = []
+    for line in p.stdout.splitlines():
+        name = line.split(" - ", 1)[0].strip()
+        m = KERNEL_PACKAGE_RE.match(name)
+        if m:
+            found.append((int(m.group(2)), name, m.group(1)))
+    if not found:
+        return []
+    # keep only packages that have a download candidate (stale names show "(none)")
+    pol = subprocess.run(["apt-cache", "policy", *[n for _, n, _ in found]],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    ok, current = set(), None
+    for line in pol.splitlines():
+        if not line.startswith(" "):
+            current = line.rstrip(":").strip()
+        elif line.strip().startswith("Candidate:") and "(none)" not in line:
+            ok.add(current)
+    return sorted((c for c in found if c[1] in ok), reverse=True)
+
+
+def resolve_kernel_package() -> tuple[str, str]:
+    """Return (package, kernel release) of the newest 6.12 kernel apt can download."""
+    cands = _kernel_candidates()
+    if not cands:
+        _log("no linux-image-6.12.*+deb12-amd64-unsigned in the apt lists; running apt-get update")
+        subprocess.run([_which("apt-get"), "update", "-q"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+        cands = _kernel_candidates()
+    if not cands:
+        raise TestbedUnavailable(
+            "apt knows no linux-image-6.12.*+deb12-amd64-unsigned package "
+            "(needs bookworm-backports or bookworm-security in sources.list)")
+    _, pkg, release = cands[0]
+    return pkg, release
+
+
+def _download(pkg: str) -> Path:
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    have = sorted(debs.glob(f"{pkg}_*.deb"))
+    if have:
+        return have[-1]
+    _log(f"downloading {pkg}")
+    with tempfile.TemporaryDirectory(dir=debs) as tmp:
+        # apt's _apt sandbox user may not be able to write here: that is only a warning
+        _check_call([_which("apt-get"), "download", "-q", pkg], cwd=tmp)
+        got = list(Path(tmp).glob("*.deb"))
+        if len(got) != 1:
+            raise TestbedUnavailable(f"apt-get download {pkg} produced {got}")
+        dest = debs / got[0].name
+        os.replace(got[0], dest)
+    return dest
+
+
+def _unpack(deb: Path, release: str) -> Path:
+    tree = CACHE / "kernel" / release
+    stamp = tree / ".complete"
+    if stamp.exists():
+        return tree
+    _log(f"unpacking {deb.name}")
+    tmp = tree.with_name(tree.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _check_call(["dpkg-deb", "-x", str(deb), str(tmp)])
+    if (tmp / "usr/lib/modules" / release).is_dir() and not (tmp / "lib/modules" / release).exists():
+        (tmp / "lib").mkdir(exist_ok=True)
+        (tmp / "lib/modules").symlink_to("../usr/lib/modules")
+    # drop what the guest never needs (debs carry docs; saves nothing at boot but space)
+    shutil.rmtree(tmp / "usr/share", ignore_errors=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    os.replace(tmp, tree)
+    _log(f"depmod {release}")
+    _check_call([_which("depmod"), "-b", str(tree), release])
+    stamp.write_text(deb.name + "\n")
+    return tree
+
+
+# --------------------------------------------------------------------------- initramfs
+
+
+def _modules_dep(tree: Path, release: str) -> dict[str, tuple[str, list[str]]]:
+    """module name -> (relative path, [relative paths of dependencies])."""
+    out = {}
+    for line in (tree / "lib/modules" / release / "modules.dep").read_text().splitlines():
+        path, _, deps = line.partition(":")
+        name = re.sub(r"\.ko(\.[a-z]+)?$", "", os.path.basename(path)).replace("-", "_")
+        out[name] = (path, deps.split())
+    return out
+
+
+def module_load_order(tree: Path, release: str, names: Iterable[str]) -> list[str]:
+    """Relative paths of ``names`` and their dependencies, dependencies first."""
+    dep = _modules_dep(tree, release)
+    by_path = {p: n for n, (p, _) in dep.items()}
+    order: list[str] = []
+
+    def visit(name: str, stack: tuple[str, ...] = ()) -> None:
+        key = name.replace("-", "_")
+        if key not in dep:
+            builtin = (tree / "lib/modules" / release / "modules.builtin").read_text()
+            if re.search(rf"/{re.escape(name)}\.ko$", builtin, re.M):
+                return
+            raise TestbedUnavailable(f"module {name} not in {release}")
+        path, deps = dep[key]
+        if path in order or key in stack:
+            return
+        # modules.dep lists the full closure; visit each so the order is topological
+        for d in deps:
+            visit(by_path[d], stack + (key,))
+        order.append(path)
+
+    for n in names:
+        visit(n)
+    return order
+
+
+INIT_TEMPLATE = r"""#!/bin/busybox sh
+# ccidgadget VM test bed: PID 1 of the guest (generated by tests/vm/testbed.py)
+/bin/busybox --install -s /bin
+export PATH=/bin
+say() { echo "vm-init: $*"; }
+poweroff_now() {
+    sync
+    for p in /newroot/proc /proc; do
+        if [ -e $p/sysrq-trigger ]; then echo 1 > $p/sys/kernel/sysrq; echo o > $p/sysrq-trigger; fi
+    done
+    sleep 30
+}
+die() { say "FATAL: $*"; poweroff_now; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in @MODULES@; do
+    insmod /modules/$m || die "insmod $m failed"
+done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=@MSIZE@ hostroot /mnt/lower \
+    || die "cannot mount the host root (9p tag hostroot)"
+mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
+mkdir -p /mnt/rw/upper /mnt/rw/work
+mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work overlay /newroot \
+    || die "cannot mount the overlay root"
+mkdir -p /newroot@OUT@
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=@MSIZE@ out /newroot@OUT@ \
+    || die "cannot mount the results share (9p tag out)"
+for d in proc sys dev; do mount --move /$d /newroot/$d || die "mount --move /$d"; done
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
+mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+[ -e /newroot/dev/fd ] || ln -s /proc/self/fd /newroot/dev/fd
+hostname ccidgadget-vm
+if [ -f /newroot@OUT@/@JOB@ ]; then
+    say "root ready after $(cut -d' ' -f1 /newroot/proc/uptime) s, running @OUT@/@JOB@"
+    chroot /newroot /bin/sh @OUT@/@JOB@ </dev/console >/dev/console 2>&1
+    say "job exited with $?"
+else
+    say "no @OUT@/@JOB@ in the results share"
+fi
+poweroff_now
+"""
+
+
+def _init_script(module_names: Sequence[str]) -> str:
+    s = INIT_TEMPLATE
+    for k, v in {"@MODULES@": " ".join(module_names), "@MSIZE@": str(MSIZE), "@OUT@": GUEST_OUT,
+                 "@JOB@": JOB_FILE}.items():
+        s = s.replace(k, v)
+    return s
+
+
+def _cpio_newc(entries: Iterable[tuple[str, int, bytes, int]]) -> bytes:
+    """Build a newc cpio archive from (name, mode, data, rdev) entries (no mknod needed)."""
+    buf = io.BytesIO()
+
+    def pad(n: int) -> None:
+        buf.write(b"\0" * ((4 - n % 4) % 4))
+
+    ino = 1
+    for name, mode, data, rdev in [*entries, ("TRAILER!!!", 0, b"", 0)]:
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, os.major(rdev), os.minor(rdev), len(nb), 0))
+        buf.write(hdr.encode())
+        buf.write(nb)
+        pad(110 + len(nb))
+        buf.write(data)
+        pad(len(data))
+        ino += 1
+    return buf.getvalue()
+
+
+def _build_initramfs(tree: Path, release: str, dest: Path) -> None:
+    order = module_load_order(tree, release, INITRAMFS_MODULES)
+    mods: list[tuple[str, bytes]] = []
+    for rel in order:
+        raw = (tree / "lib/modules" / release / rel).read_bytes()
+        if rel.endswith(".xz"):
+            raw = lzma.decompress(raw)
+        elif rel.endswith(".zst"):
+            raise TestbedUnavailable(f"{rel}: zstd modules are not supported")
+        mods.append((re.sub(r"\.(xz|gz)$", "", os.path.basename(rel)), raw))
+    d, f, c, lnk = 0o040755, 0o100755, 0o020600, 0o120777
+    entries = [(p, d, b"", 0) for p in ("bin", "dev", "proc", "sys", "mnt", "mnt/lower", "mnt/rw",
+                                        "newroot", "modules", "tmp")]
+    entries += [("dev/console", c, b"", os.makedev(5, 1)), ("dev/null", 0o020666, b"", os.makedev(1, 3))]
+    entries += [("bin/busybox", f, Path(BUSYBOX).read_bytes(), 0), ("bin/sh", lnk, b"busybox", 0)]
+    entries += [(f"modules/{n}", 0o100644, data, 0) for n, data in mods]
+    entries += [("init", f, _init_script([n for n, _ in mods]).encode(), 0)]
+    tmp = dest.with_name(dest.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(gzip.compress(_cpio_newc(entries), compresslevel=1))
+    os.replace(tmp, dest)
+
+
+def _initramfs_key(release: str) -> str:
+    h = hashlib.sha256()
+    h.update(_init_script(INITRAMFS_MODULES).encode())
+    h.update(INIT_TEMPLATE.encode())
+    h.update(Path(BUSYBOX).read_bytes()[:4096])
+    h.update(str(Path(BUSYBOX).stat().st_size).encode())
+    h.update(release.encode())
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _from_state() -> Prepared | None:
+    try:
+        st = json.loads((CACHE / "current.json").read_text())
+        p = Prepared(st["version"], Path(st["tree"]), Path(st["kernel"]), Path(st["initramfs"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    if (p.tree / ".complete").exists() and p.kernel.exists() and p.initramfs.exists():
+        return p
+    return None
+
+
+def _finish(tree: Path, release: str) -> Prepared:
+    kernel = tree / "boot" / f"vmlinuz-{release}"
+    if not kernel.exists():
+        raise TestbedUnavailable(f"{kernel} missing from the kernel package")
+    initramfs = CACHE / f"initramfs-{release}-{_initramfs_key(release)}.cpio.gz"
+    if not initramfs.exists():
+        _log(f"building {initramfs.name}")
+        _build_initramfs(tree, release, initramfs)
+    p = Prepared(release, tree, kernel, initramfs)
+    state = {k: str(v) for k, v in dataclasses.asdict(p).items()}
+    (CACHE / "current.json").write_text(json.dumps(state, indent=1) + "\n")
+    return p
+
+
+def prepare(refresh: bool = False) -> Prepared:
+    """Set up (or reuse) the kernel, its modules and the initramfs.
+
+    Without ``refresh`` a previously prepared kernel is reused without asking
+    apt; with it, apt is asked for the newest 6.12 kernel again.
+    Raises :class:`TestbedUnavailable` with the reason if this host cannot do it.
+    """
+    missing = missing_tools()
+    if missing:
+        raise TestbedUnavailable("missing host tools: " + ", ".join(missing))
+    with _Lock(CACHE / ".lock"):
+        if not refresh:
+            p = _from_state()
+            if p is not None:
+                # the init script may have changed since: rebuild the initramfs if so
+                return _finish(p.tree, p.version)
+        try:
+            pkg, release = resolve_kernel_package()
+        except TestbedUnavailable:
+            p = _from_state()
+            if p is not None:  # offline, but something usable is cached
+                return p
+            raise
+        deb = _download(pkg)
+        tree = _unpack(deb, release)
+        return _finish(tree, release)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def guest_env(env: Mapping[str, str | None] | None = None, prepared: Prepared | None = None) -> dict[str, str]:
+    """The environment the guest command gets."""
+    out = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    out.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    path = out["PATH"].split(":")
+    # the interpreter running this (e.g. a venv) first, sbin for modprobe/pcscd
+    path.insert(0, str(Path(sys.executable).parent))
+    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"):
+        if extra not in path:
+            path.append(extra)
+    out["PATH"] = ":".join(dict.fromkeys(path))
+    out.setdefault("LANG", "C.UTF-8")
+    out.update(HOME="/root", TERM="dumb", CCIDGADGET_VM="1", CCIDGADGET_VM_OUT=GUEST_OUT,
+               PYTHONUNBUFFERED="1")
+    if prepared is not None:
+        out["CCIDGADGET_VM_MODULES"] = str(prepared.tree)
+        out["CCIDGADGET_VM_KERNEL"] = prepared.version
+    for k, v in (env or {}).items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _job_script(command: str, cwd: str, env: Mapping[str, str]) -> str:
+    q = shlex.quote
+    lines = [
+        "# generated by tests/vm/testbed.py; runs in the guest chroot",
+        "echo 'vm-job: set-up'",
+    ]
+    lines += [f"export {k}={q(v)}" for k, v in sorted(env.items())]
+    lines += [
+        'ip link set lo up || echo "vm-job: WARNING: ip link set lo up failed"',
+        f'modprobe -d "$CCIDGADGET_VM_MODULES" -a {" ".join(GUEST_MODULES)} '
+        '|| echo "vm-job: WARNING: modprobe failed"',
+        "grep -q ' /sys/kernel/config ' /proc/mounts || mount -t configfs configfs /sys/kernel/config "
+        '|| echo "vm-job: WARNING: cannot mount configfs"',
+        "mkdir -p /run/lock",
+        f"cd {q(cwd)} || {{ echo 'vm-job: cannot cd to {cwd}'; echo 126 > {GUEST_OUT}/{STATUS_FILE}; exit 126; }}",
+        f"echo \"vm-job: running after $(cut -d' ' -f1 /proc/uptime) s: \"{q(command)}",
+        f"{{ ( {command}\n) </dev/null; echo $? > {GUEST_OUT}/{STATUS_FILE}; }} 2>&1 | tee {GUEST_OUT}/{OUTPUT_FILE}",
+        f"echo \"vm-job: exit status $(cat {GUEST_OUT}/{STATUS_FILE}) after $(cut -d' ' -f1 /proc/uptime) s\"",
+        "sync",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2) -> list[str]:
+    append = " ".join([
+        "console=ttyS0,115200", "panic=-1", "loglevel=4", "mitigations=off", "rdinit=/init",
+        "i8042.noaux", "i8042.nokbd", "random.trust_cpu=on", "tsc=unstable",
+    ])
+    return [
+        QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory), "-smp", str(smp),
+        "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+        "-serial", f"file:{out_dir / CONSOLE_FILE}", "-no-reboot",
+        "-kernel", str(prepared.kernel), "-initrd", str(prepared.initramfs), "-append", append,
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none,multidevs=remap",
+    ]
+
+
+def run(
+    command: str | Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str | None] | None = None,
+    cwd: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    memory: int = 1536,
+    smp: int = 2,
+    stream: IO[str] | None = None,
+    prepared: Prepared | None = None,
+) -> VMResult:
+    """Boot the guest, run ``command`` (shell string or argv) in ``cwd`` and power off.
+
+    ``env`` is added to the default guest environment (PATH, CI, ... from the
+    host; a value of None removes a variable). ``out_dir`` (default: a new
+    temporary directory) is ``$CCIDGADGET_VM_OUT`` in the guest. ``stream``
+    receives the console while the guest runs. QEMU is killed after ``timeout``
+    seconds (``VMResult.timed_out``).
+    """
+    prepared = prepared or prepare()
+    if not isinstance(command, str):
+        command = shlex.join(command)
+    cwd = str(Path(cwd or os.getcwd()).resolve())
+    if out_dir is None:
+        out = Path(tempfile.mkdtemp(prefix="ccidgadget-vm-"))
+    else:
+        out = Path(out_dir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    (out / JOB_FILE).write_text(_job_script(command, cwd, guest_env(env, prepared)))
+    (out / CONSOLE_FILE).touch()
+
+    cmd = qemu_command(prepared, out, memory=memory, smp=smp)
+    start = time.monotonic()
+    timed_out = False
+    with open(out / QEMU_LOG_FILE, "w+") as qlog, open(out / CONSOLE_FILE, "rb") as con:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if stream is not None:
+                    _pump(con, stream)
+                if time.monotonic() - start > timeout:
+                    timed_out = True
+                    _kill(proc)
+                    break
+        except BaseException:
+            _kill(proc)
+            raise
+        if stream is not None:
+            _pump(con, stream)
+        qlog.seek(0)
+        qemu_stderr = qlog.read()
+    duration = time.monotonic() - start
+    console = (out / CONSOLE_FILE).read_bytes().decode(errors="replace").replace("\r\n", "\n")
+    try:
+        rc: int | None = int((out / STATUS_FILE).read_text().strip())
+    except (OSError, ValueError):
+        rc = None
+    return VMResult(rc, console, out, duration, timed_out, proc.returncode, qemu_stderr)
+
+
+def _pump(src: IO[bytes], dst: IO[str]) -> None:
+    data = src.read()
+    if data:
+        dst.write(data.decode(errors="replace").replace("\r\n", "\n"))
+        dst.flush()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=5)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m tests.vm.testbed", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_prep = sub.add_parser("prepare", help="download/unpack the kernel and build the initramfs (cached)")
+    p_prep.add_argument("--refresh", action="store_true", help="ask apt for a newer kernel")
+    p_run = sub.add_parser("run", help="boot the guest and run a command in it")
+    p_run.add_argument("--timeout", type=float, default=600)
+    p_run.add_argument("--cwd", default=None, help="working directory in the guest (default: current)")
+    p_run.add_argument("--out", default=None, help="results directory ($CCIDGADGET_VM_OUT in the guest)")
+    p_run.add_argument("--env", action="append", default=[], metavar="K=V")
+    p_run.add_argument("--memory", type=int, default=1536)
+    p_run.add_argument("--smp", type=int, default=2)
+    p_run.add_argument("--quiet", action="store_true", help="do not stream the console")
+    p_run.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    try:
+        prepared = prepare(refresh=getattr(args, "refresh", False))
+    except TestbedUnavailable as e:
+        print(f"VM test bed unavailable: {e}", file=sys.stderr)
+        return 2
+    if args.cmd == "prepare":
+        for k, v in dataclasses.asdict(prepared).items():
+            print(f"{k}: {v}")
+        return 0
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("run: no command given")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    res = run(command[0] if len(command) == 1 else command, timeout=args.timeout, env=env, cwd=args.cwd,
+              out_dir=args.out, memory=args.memory, smp=args.smp,
+              stream=None if args.quiet else sys.stdout, prepared=prepared)
+    if args.quiet:
+        sys.stdout.write(res.output)
+    print(f"[vm] {res.describe(tail=0).splitlines()[0]}", file=sys.stderr)
+    if res.timed_out:
+        return 124
+    return 125 if res.returncode is None else res.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
