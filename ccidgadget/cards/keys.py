@@ -1,0 +1,373 @@
+"""Private keys held by emulated cards, and loading them from PEM, DER and PKCS#12.
+
+`CardKey` wraps a `cryptography` private key with the operations smart cards
+expose, each taking exactly what the card receives on the wire:
+
+- `sign_raw_rsa` / `decrypt_raw_rsa`: the RSA private operation on a block the
+  host already padded (PIV GENERAL AUTHENTICATE, CAC SIGN/DECRYPT).
+  `cryptography` has no raw RSA, so it is computed here from the private
+  numbers with the CRT, **blinded** (random message blinding r^e·c and random
+  exponent blinding d_p + k·(p−1)) because Python's `pow` is not constant
+  time, and checked with the public exponent before release (a faulty CRT
+  result would leak a factor of n).
+- `sign_ecdsa`: the host hashes; the card signs the hash (DER signature).
+- `ecdh`, `x25519`: key agreement with the peer's public key.
+- `sign_ed25519`: PureEdDSA over the whole message (as YubiKey 5.7 does).
+
+Key types are named by their PIV algorithm identifiers (SP 800-78-4 table
+6-2; E0/E1 are Yubico's for Ed25519/X25519), which other cards reuse as a
+plain key-type tag.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, utils, x25519
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+
+class ALGORITHM(enum.IntEnum):
+    """Asymmetric key algorithm identifiers (SP 800-78-4 table 6-2 + Yubico E0/E1)."""
+
+    RSA1024 = 0x06
+    RSA2048 = 0x07
+    RSA3072 = 0x05
+    RSA4096 = 0x16
+    ECCP256 = 0x11
+    ECCP384 = 0x14
+    ED25519 = 0xE0
+    X25519 = 0xE1
+
+    @property
+    def is_rsa(self) -> bool:
+        return self in RSA_BITS
+
+    @property
+    def is_ec(self) -> bool:
+        return self in (ALGORITHM.ECCP256, ALGORITHM.ECCP384)
+
+    @property
+    def cli_name(self) -> str:
+        return self.name.lower()
+
+
+RSA_BITS = {ALGORITHM.RSA1024: 1024, ALGORITHM.RSA2048: 2048, ALGORITHM.RSA3072: 3072, ALGORITHM.RSA4096: 4096}
+EC_CURVES = {ALGORITHM.ECCP256: ec.SECP256R1, ALGORITHM.ECCP384: ec.SECP384R1}
+EC_FIELD_BYTES = {ALGORITHM.ECCP256: 32, ALGORITHM.ECCP384: 48}
+_PREHASH_BY_LEN = {32: hashes.SHA256, 48: hashes.SHA384}
+RSA_PUBLIC_EXPONENT = 65537
+#: Bits of the random multiple of (p−1) added to the CRT exponents.
+EXPONENT_BLINDING_BITS = 64
+
+
+class KeyLoadError(ValueError):
+    """A key or certificate file could not be used (message is for the user)."""
+
+
+def algorithm_of(key) -> ALGORITHM:
+    """The algorithm identifier of a cryptography private or public key; KeyLoadError if unsupported."""
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        for alg, bits in RSA_BITS.items():
+            if key.key_size == bits:
+                return alg
+        raise KeyLoadError(f"RSA-{key.key_size} is not supported (use 1024, 2048, 3072 or 4096 bits)")
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        for alg, curve in EC_CURVES.items():
+            if isinstance(key.curve, curve):
+                return alg
+        raise KeyLoadError(f"elliptic curve {key.curve.name} is not supported (use P-256 or P-384)")
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return ALGORITHM.ED25519
+    if isinstance(key, (x25519.X25519PrivateKey, x25519.X25519PublicKey)):
+        return ALGORITHM.X25519
+    raise KeyLoadError(f"{type(key).__name__.lstrip('_')} keys are not supported")
+
+
+def public_key_der(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class CardKey:
+    """A private key in a card slot."""
+
+    __slots__ = ("private_key", "algorithm", "_rsa", "_pem")
+
+    def __init__(self, private_key, algorithm: ALGORITHM | int | None = None) -> None:
+        actual = algorithm_of(private_key)
+        if algorithm is not None and ALGORITHM(algorithm) != actual:
+            raise KeyLoadError(f"key is {actual.name}, not {ALGORITHM(algorithm).name}")
+        self.private_key = private_key
+        self.algorithm = actual
+        self._rsa = private_key.private_numbers() if actual.is_rsa else None
+        self._pem: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"CardKey({self.algorithm.name})"
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def generate(cls, algorithm: ALGORITHM | int) -> "CardKey":
+        alg = ALGORITHM(algorithm)
+        if alg.is_rsa:
+            key = rsa.generate_private_key(RSA_PUBLIC_EXPONENT, RSA_BITS[alg])
+        elif alg.is_ec:
+            key = ec.generate_private_key(EC_CURVES[alg]())
+        elif alg == ALGORITHM.ED25519:
+            key = ed25519.Ed25519PrivateKey.generate()
+        else:
+            key = x25519.X25519PrivateKey.generate()
+        return cls(key, alg)
+
+    def to_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM (the state directory's permissions protect it)."""
+        if self._pem is None:
+            self._pem = self.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return self._pem
+
+    @classmethod
+    def from_pem(cls, data: bytes | str, password: bytes | None = None) -> "CardKey":
+        if isinstance(data, str):
+            data = data.encode("ascii")
+        try:
+            key = serialization.load_pem_private_key(data, password)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+            raise KeyLoadError(f"cannot load private key: {e}") from None
+        card_key = cls(key)
+        if password is None:
+            card_key._pem = bytes(data)
+        return card_key
+
+    # -- public part --------------------------------------------------------
+    @property
+    def public_key(self):
+        return self.private_key.public_key()
+
+    @property
+    def key_size(self) -> int:
+        if self.algorithm.is_rsa:
+            return RSA_BITS[self.algorithm]
+        if self.algorithm.is_ec:
+            return EC_FIELD_BYTES[self.algorithm] * 8
+        return 256
+
+    def public_point(self) -> bytes:
+        """EC: the uncompressed point 04‖X‖Y; 25519: the raw 32 bytes."""
+        if self.algorithm.is_ec:
+            return self.public_key.public_bytes(serialization.Encoding.X962,
+                                                serialization.PublicFormat.UncompressedPoint)
+        if self.algorithm in (ALGORITHM.ED25519, ALGORITHM.X25519):
+            return self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raise TypeError("RSA keys have no point")
+
+    def matches(self, public_key) -> bool:
+        """True if `public_key` (e.g. a certificate's) is this key's public half."""
+        try:
+            return public_key_der(public_key) == public_key_der(self.public_key)
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            return False
+
+    # -- RSA ----------------------------------------------------------------
+    def _rsa_private(self, block: bytes) -> bytes:
+        if self._rsa is None:
+            raise TypeError(f"{self.algorithm.name} key cannot do RSA")
+        numbers = self._rsa
+        n, e = numbers.public_numbers.n, numbers.public_numbers.e
+        size = (n.bit_length() + 7) // 8
+        if len(block) != size:
+            raise ValueError(f"RSA input must be {size} bytes")
+        c = int.from_bytes(block, "big")
+        if c >= n:
+            raise ValueError("RSA input is not smaller than the modulus")
+        p, q = numbers.p, numbers.q
+        # Message blinding: work on c·r^e, unblind with r^-1 (r random, invertible mod n).
+        while True:
+            r = secrets.randbelow(n - 3) + 2
+            try:
+                r_inv = pow(r, -1, n)
+                break
+            except ValueError:      # r shares a factor with n: astronomically unlikely
+                continue
+        blinded = (c * pow(r, e, n)) % n
+        # Exponent blinding: d_p + k·(p−1) ≡ d_p (mod p−1) with fresh random k.
+        dp = numbers.dmp1 + secrets.randbits(EXPONENT_BLINDING_BITS) * (p - 1)
+        dq = numbers.dmq1 + secrets.randbits(EXPONENT_BLINDING_BITS) * (q - 1)
+        m1 = pow(blinded % p, dp, p)
+        m2 = pow(blinded % q, dq, q)
+        h = (numbers.iqmp * (m1 - m2)) % p
+        m = ((m2 + h * q) * r_inv) % n
+        if pow(m, e, n) != c:       # fault check before anything leaves the card
+            raise RuntimeError("RSA CRT result failed verification")
+        return m.to_bytes(size, "big")
+
+    def sign_raw_rsa(self, block: bytes) -> bytes:
+        """Raw RSA private operation on a host-padded block of modulus length."""
+        return self._rsa_private(block)
+
+    def decrypt_raw_rsa(self, block: bytes) -> bytes:
+        """Raw RSA decryption of a ciphertext block (the host removes the padding)."""
+        return self._rsa_private(block)
+
+    # -- ECC ----------------------------------------------------------------
+    def sign_ecdsa(self, digest: bytes) -> bytes:
+        """ECDSA over a hash the host computed; returns DER SEQUENCE{r, s}.
+
+        A hash longer than the field is truncated to its leftmost bytes
+        (FIPS 186-4 §6.4, exact for P-256/P-384 whose orders are whole
+        bytes); a shorter one is left-padded with zeros, which is the same
+        integer.
+        """
+        if not self.algorithm.is_ec:
+            raise TypeError(f"{self.algorithm.name} key cannot do ECDSA")
+        size = EC_FIELD_BYTES[self.algorithm]
+        if not digest:
+            raise ValueError("empty hash")
+        digest = bytes(digest[:size]).rjust(size, b"\x00")
+        return self.private_key.sign(digest, ec.ECDSA(utils.Prehashed(_PREHASH_BY_LEN[size]())))
+
+    def ecdh(self, peer_point: bytes) -> bytes:
+        """ECDH with the peer's uncompressed point; returns the shared X coordinate."""
+        if not self.algorithm.is_ec:
+            raise TypeError(f"{self.algorithm.name} key cannot do ECDH")
+        size = EC_FIELD_BYTES[self.algorithm]
+        if len(peer_point) != 1 + 2 * size or peer_point[0] != 0x04:
+            raise ValueError("peer key must be an uncompressed point on the key's curve")
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(EC_CURVES[self.algorithm](), bytes(peer_point))
+        return self.private_key.exchange(ec.ECDH(), peer)
+
+    # -- 25519 --------------------------------------------------------------
+    def sign_ed25519(self, message: bytes) -> bytes:
+        if self.algorithm != ALGORITHM.ED25519:
+            raise TypeError(f"{self.algorithm.name} key cannot do Ed25519")
+        return self.private_key.sign(bytes(message))
+
+    def x25519(self, peer: bytes) -> bytes:
+        if self.algorithm != ALGORITHM.X25519:
+            raise TypeError(f"{self.algorithm.name} key cannot do X25519")
+        if len(peer) != 32:
+            raise ValueError("X25519 public key must be 32 bytes")
+        return self.private_key.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(peer)))
+
+
+# -- loading keys and certificates from files --------------------------------
+
+@dataclass
+class KeyBundle:
+    """What a key/certificate file held: the key, its certificate, the rest of the chain."""
+
+    key: CardKey | None
+    certificate: x509.Certificate | None
+    chain: list[x509.Certificate] = field(default_factory=list)
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
+_PEM_KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
+
+
+def _password_bytes(password: str | bytes | None) -> bytes | None:
+    if password is None or isinstance(password, bytes):
+        return password
+    return password.encode("utf-8")
+
+
+def _load_private(loader, data: bytes, password: bytes | None, what: str):
+    try:
+        return loader(data, password)
+    except TypeError as e:
+        # cryptography: "Password was not given but private key is encrypted"
+        # or "Password was given but private key is not encrypted".
+        if "not given" in str(e):
+            raise KeyLoadError(f"{what}: the private key is encrypted; give its password") from None
+        if "not encrypted" in str(e):
+            return loader(data, None)
+        raise KeyLoadError(f"{what}: {e}") from None
+    except ValueError as e:
+        if password is not None:
+            raise KeyLoadError(f"{what}: wrong password or corrupt private key") from None
+        raise KeyLoadError(f"{what}: cannot parse the private key ({e})") from None
+    except UnsupportedAlgorithm as e:
+        raise KeyLoadError(f"{what}: unsupported key type ({e})") from None
+
+
+def load_key_and_cert(path: Path | str, password: str | bytes | None = None, *,
+                      require_key: bool = True) -> KeyBundle:
+    """Load a private key and its certificate chain from PEM, DER or PKCS#12.
+
+    PEM files may hold any number of blocks (key and certificates, in any
+    order); DER is a single private key (PKCS#8 / PKCS#1 / SEC1) or a single
+    certificate; PKCS#12 (.p12/.pfx) holds both.  The certificate whose
+    public key matches the private key is returned as `certificate`, the
+    others as `chain`.  Raises KeyLoadError with a message for the user.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyLoadError(f"cannot read {path}: {e.strerror or e}") from None
+    pw = _password_bytes(password)
+    private = None
+    certs: list[x509.Certificate] = []
+
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if blocks:
+        for m in blocks:
+            label, block = m.group(1), m.group(0)
+            if label in _PEM_KEY_LABELS:
+                if private is not None:
+                    raise KeyLoadError(f"{path}: more than one private key")
+                private = _load_private(serialization.load_pem_private_key, block, pw, str(path))
+            elif label in (b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"):
+                try:
+                    certs.append(x509.load_pem_x509_certificate(block.replace(b"TRUSTED ", b"")))
+                except ValueError as e:
+                    raise KeyLoadError(f"{path}: bad certificate ({e})") from None
+    else:
+        loaded = False
+        try:
+            key, cert, extra = pkcs12.load_key_and_certificates(data, pw)
+            private, certs, loaded = key, ([cert] if cert else []) + list(extra or []), True
+        except TypeError:
+            pass
+        except ValueError as e:
+            if _looks_like_pkcs12(data):
+                raise KeyLoadError(f"{path}: cannot open the PKCS#12 file: wrong password or corrupt file") from None
+        if not loaded:
+            try:
+                certs = [x509.load_der_x509_certificate(data)]
+                loaded = True
+            except ValueError:
+                pass
+        if not loaded:
+            private = _load_private(serialization.load_der_private_key, data, pw, str(path))
+
+    if private is None and require_key:
+        raise KeyLoadError(f"{path}: no private key in the file")
+    card_key = CardKey(private) if private is not None else None
+    if card_key is None:
+        return KeyBundle(None, certs[0] if certs else None, certs[1:])
+    match = next((c for c in certs if card_key.matches(c.public_key())), None)
+    if certs and match is None:
+        raise KeyLoadError(f"{path}: no certificate in the file matches the private key")
+    return KeyBundle(card_key, match, [c for c in certs if c is not match])
+
+
+def _looks_like_pkcs12(data: bytes) -> bool:
+    # PFX ::= SEQUENCE { version INTEGER (3), authSafe ContentInfo, ... }
+    return len(data) > 8 and data[0] == 0x30 and b"\x02\x01\x03\x30" in data[:12]
+
+
+def check_certificate_matches(key: CardKey, cert: x509.Certificate) -> None:
+    if not key.matches(cert.public_key()):
+        raise KeyLoadError("the certificate does not belong to the key")
+
+
+__all__ = ["ALGORITHM", "CardKey", "KeyBundle", "KeyLoadError", "algorithm_of", "load_key_and_cert",
+           "check_certificate_matches", "public_key_der"]
