@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Codec for CCID bulk and interrupt messages (CCID rev 1.1 §6).
+
+Parsing is split in two steps so that the reader never buffers a payload it
+will reject: `parse_header()` reads the fixed 10 bytes (and so dwLength), and
+`Command` is built once the whole message is there.  Builders return `bytes`
+ready for the bulk-IN or interrupt-IN endpoint.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .constants import (
+    CCID_HEADER_SIZE,
+    ClockStatus,
+    MessageType,
+)
+
+_HEADER = struct.Struct("<BIBB3s")  # bMessageType dwLength bSlot bSeq + 3 message-specific bytes
+_RESPONSE_HEADER = struct.Struct("<BIBBBBB")  # ... bStatus bError + 1 message-specific byte
+assert _HEADER.size == CCID_HEADER_SIZE == _RESPONSE_HEADER.size
+
+
+@dataclass(frozen=True)
+class Header:
+    """The 10-byte header every PC_to_RDR message starts with (§6.1)."""
+
+    message_type: int
+    length: int  # dwLength: size of abData, header excluded
+    slot: int
+    seq: int
+    specific: bytes  # offsets 7..9, meaning depends on the message
+
+    def field(self, offset: int) -> int:
+        """Byte at `offset` (7, 8 or 9) of the message."""
+        return self.specific[offset - 7]
+
+
+def parse_header(buf: bytes | bytearray | memoryview) -> Header:
+    """Decode the first 10 bytes of `buf`; the caller guarantees they are there."""
+    message_type, length, slot, seq, specific = _HEADER.unpack_from(buf, 0)
+    return Header(message_type, length, slot, seq, bytes(specific))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One complete PC_to_RDR message: header plus abData."""
+
+    header: Header
+    data: bytes
+
+    @property
+    def message_type(self) -> int:
+        return self.header.message_type
+
+    @property
+    def slot(self) -> int:
+        return self.header.slot
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def length(self) -> int:
+        return self.header.length
+
+    def field(self, offset: int) -> int:
+        return self.header.field(offset)
+
+    @property
+    def level_parameter(self) -> int:
+        """wLevelParameter of PC_to_RDR_XfrBlock, offsets 8-9 (§6.1.4)."""
+        return self.header.specific[1] | self.header.specific[2] << 8
+
+
+def parse_command(buf: bytes | bytearray | memoryview) -> Command:
+    """Decode a complete message (header + exactly dwLength bytes)."""
+    header = parse_header(buf)
+    data = bytes(buf[CCID_HEADER_SIZE:CCID_HEADER_SIZE + header.length])
+    assert len(data) == header.length, "caller must pass a complete message"
+    return Command(header, data)
+
+
+def encode_command(message_type: int, slot: int, seq: int, specific: bytes = b"\0\0\0",
+                   data: bytes = b"") -> bytes:
+    """Build a PC_to_RDR message (for tools and the fuzz corpus; the tests build theirs by hand)."""
+    return _HEADER.pack(message_type, len(data), slot, seq, specific) + data
+
+
+# --- RDR_to_PC (§6.2) --------------------------------------------------------
+
+def _response(message_type: int, slot: int, seq: int, status: int, error: int, specific: int,
+              data: bytes = b"") -> bytes:
+    return _RESPONSE_HEADER.pack(message_type, len(data), slot, seq, status, error, specific) + data
+
+
+def data_block(slot: int, seq: int, status: int, error: int = 0, chain: int = 0, data: bytes = b"") -> bytes:
+    """RDR_to_PC_DataBlock 0x80 (§6.2.1); offset 9 is bChainParameter."""
+    return _response(MessageType.RDR_to_PC_DataBlock, slot, seq, status, error, chain, data)
+
+
+def slot_status(slot: int, seq: int, status: int, error: int = 0,
+                clock_status: int = ClockStatus.RUNNING) -> bytes:
+    """RDR_to_PC_SlotStatus 0x81 (§6.2.2); offset 9 is bClockStatus, dwLength is 0."""
+    return _response(MessageType.RDR_to_PC_SlotStatus, slot, seq, status, error, clock_status)
+
+
+def parameters(slot: int, seq: int, status: int, error: int = 0, protocol: int = 0, data: bytes = b"") -> bytes:
+    """RDR_to_PC_Parameters 0x82 (§6.2.3); offset 9 is bProtocolNum, abData the T=0/T=1 structure."""
+    return _response(MessageType.RDR_to_PC_Parameters, slot, seq, status, error, protocol, data)
+
+
+def escape(slot: int, seq: int, status: int, error: int = 0, data: bytes = b"") -> bytes:
+    """RDR_to_PC_Escape 0x83 (§6.2.4); offset 9 is RFU."""
+    return _response(MessageType.RDR_to_PC_Escape, slot, seq, status, error, 0, data)
+
+
+def data_rate_and_clock_frequency(slot: int, seq: int, status: int, error: int, clock_khz: int,
+                                  rate_bps: int) -> bytes:
+    """RDR_to_PC_DataRateAndClockFrequency 0x84 (§6.2.5): dwLength 8, dwClockFrequency, dwDataRate."""
+    return _response(MessageType.RDR_to_PC_DataRateAndClockFrequency, slot, seq, status, error, 0,
+                     struct.pack("<II", clock_khz, rate_bps))
+
+
+def notify_slot_change(slot_bits: bytes) -> bytes:
+    """RDR_to_PC_NotifySlotChange 0x50 (§6.3.1): bmSlotICCState, 2 bits per slot, LSB first."""
+    return bytes([MessageType.RDR_to_PC_NotifySlotChange]) + slot_bits
+
+
+def hardware_error(slot: int, seq: int, code: int) -> bytes:
+    """RDR_to_PC_HardwareError 0x51 (§6.3.2): bSlot, bSeq, bHardwareErrorCode."""
+    return bytes([MessageType.RDR_to_PC_HardwareError, slot, seq, code])
+
+
+def error_response(response_type: int, slot: int, seq: int, status: int, error: int, *,
+                   clock_status: int = ClockStatus.RUNNING, protocol: int = 0,
+                   clock_khz: int = 0, rate_bps: int = 0) -> bytes:
+    """A response of `response_type` that carries no payload except what §6.2 makes mandatory."""
+    if response_type == MessageType.RDR_to_PC_DataBlock:
+        return data_block(slot, seq, status, error)
+    if response_type == MessageType.RDR_to_PC_SlotStatus:
+        return slot_status(slot, seq, status, error, clock_status)
+    if response_type == MessageType.RDR_to_PC_Parameters:
+        return parameters(slot, seq, status, error, protocol)
+    if response_type == MessageType.RDR_to_PC_Escape:
+        return escape(slot, seq, status, error)
+    if response_type == MessageType.RDR_to_PC_DataRateAndClockFrequency:
+        # §6.2.5 fixes dwLength at 8, so the current values go along even on failure.
+        return data_rate_and_clock_frequency(slot, seq, status, error, clock_khz, rate_bps)
+    raise AssertionError(f"not a bulk-IN message type: {response_type:#x}")
+
+
+@dataclass(frozen=True)
+class Response:
+    """A decoded RDR_to_PC bulk message (used by tools and tests of the codec)."""
+
+    message_type: int
+    slot: int
+    seq: int
+    status: int
+    error: int
+    specific: int
+    data: bytes
+
+
+def parse_response(buf: bytes) -> Response:
+    message_type, length, slot, seq, status, error, specific = _RESPONSE_HEADER.unpack_from(buf, 0)
+    return Response(message_type, slot, seq, status, error, specific,
+                    bytes(buf[CCID_HEADER_SIZE:CCID_HEADER_SIZE + length]))
