@@ -1,0 +1,701 @@
+"""The PIV card application (NIST SP 800-73-4 Part 2) with the Yubico extensions.
+
+`PivApplet` handles commands once `AppletCard` has reassembled command chains
+and will split long answers with 61xx; `PivCard` is the card (ATR, storage).
+
+Security status (volatile, SP 800-73-4 Part 1 §4.1): PIN verified, a "fresh"
+verification for PIN-always keys (slot 9C by default; consumed by the next
+such operation), and management key authenticated.  All three are cleared by
+a card reset and on a failed VERIFY of the PIN.
+
+Every state change is saved through the card's `CardStore` before the answer
+leaves; if saving fails the command answers 6581 and the card keeps its old
+state (`_commit`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from pathlib import Path
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..applet import Applet, AppletCard
+from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
+from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey
+from ..pin import piv_check_padded, piv_pad
+from ..storage import CardStore, StorageError
+from ..tlv import parse_dict, parse_tlv, tlv, unwrap
+from . import objects
+from .constants import (APPLICATION_LABEL, DEFAULT_MANAGEMENT_ALGORITHM, DEFAULT_MANAGEMENT_KEY, DEFAULT_PIN,
+                        DEFAULT_PUK, DEFAULT_TRIES, FIRMWARE_VERSION, INS, KEY_REFERENCE, KEY_SLOTS,
+                        MANAGEMENT_ALGORITHM, MAX_OBJECT_SIZE, MAX_TOTAL_OBJECTS, OBJECT_ID, ORIGIN,
+                        PIN_PROTECTED_OBJECTS, PIN_POLICY, PIV_AID, RETIRED_SLOTS, SLOT, TAG_ALGORITHM,
+                        TAG_CHALLENGE, TAG_CONTROL_REFERENCE, TAG_DATA, TAG_DYNAMIC_AUTH, TAG_EXPONENTIATION,
+                        TAG_META_ALGORITHM, TAG_META_IS_DEFAULT, TAG_META_ORIGIN, TAG_META_POLICY,
+                        TAG_META_PUBLIC_KEY, TAG_META_RETRIES, TAG_PIN_POLICY, TAG_PUBLIC_KEY, TAG_RESPONSE,
+                        TAG_TAG_LIST, TAG_TOUCH_POLICY, TAG_WITNESS, TOUCH_POLICY, certificate_object_for,
+                        default_pin_policy, is_valid_object_id)
+from .state import ManagementKey, PivState, SlotKey, check_management_key
+
+log = logging.getLogger(__name__)
+
+#: ATR historical bytes: ISO 7816-4 §8.1.1 compact-TLV (category 80), card
+#: issuer's data (tag 5, 10 bytes) "ccidgadget", status indicator (tag 8,
+#: SW 9000).  OpenSC does not map them to any vendor, so it treats the card
+#: as a generic PIV (PIV_II_BASE), still sends GET VERSION and learns RSA-4096
+#: / Ed25519 / X25519 from the AC/80 list of the APT.  We do not claim to be a
+#: YubiKey in the ATR.
+ATR_HISTORICAL = b"\x80\x5A" + b"ccidgadget" + b"\x82\x90\x00"
+
+#: Algorithms listed in the APT (SP 800-73-4 Part 2 §3.1.1, tag AC/80).
+APT_ALGORITHMS = (0x03, 0x08, 0x0A, 0x0C, 0x06, 0x07, 0x05, 0x16, 0x11, 0x14, 0xE0, 0xE1)
+
+#: Commands that need no PIV application state and do not clear pending
+#: management-key challenges.
+_PASSIVE = {INS.GET_VERSION, INS.GET_SERIAL, INS.GET_METADATA}
+
+
+def _mgmt_cipher(mgmt: ManagementKey) -> Cipher:
+    if mgmt.algorithm == MANAGEMENT_ALGORITHM.TDES:
+        return Cipher(TripleDES(mgmt.key), modes.ECB())
+    return Cipher(algorithms.AES(mgmt.key), modes.ECB())
+
+
+def _encrypt(mgmt: ManagementKey, block: bytes) -> bytes:
+    e = _mgmt_cipher(mgmt).encryptor()
+    return e.update(block) + e.finalize()
+
+
+def public_key_template(key: CardKey) -> bytes:
+    """The public key data objects inside 7F49 (SP 800-73-4 Part 2 table 11): 81 n 82 e, or 86 point."""
+    if key.algorithm.is_rsa:
+        numbers = key.public_key.public_numbers()
+        n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
+        e = numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")
+        return tlv(0x81, n) + tlv(0x82, e)
+    return tlv(0x86, key.public_point())
+
+
+class PivApplet(Applet):
+    aid = PIV_AID
+    name = "PIV"
+
+    def __init__(self, card: "PivCard") -> None:
+        self.card = card
+        self.clear_security_status()
+
+    # -- volatile security status --------------------------------------------
+    def clear_security_status(self) -> None:
+        self.pin_verified = False
+        self.pin_fresh = False          # VERIFY just happened: allows one PIN-always operation
+        self.mgmt_authenticated = False
+        self._auth_pending: tuple[str, bytes] | None = None   # ("mutual"|"external", secret)
+
+    def deselect(self) -> None:
+        self.clear_security_status()
+
+    @property
+    def state(self) -> PivState:
+        return self.card.state
+
+    # -- SELECT -------------------------------------------------------------
+    def select(self, cmd: CommandAPDU) -> bytes:
+        # Application Property Template (SP 800-73-4 Part 2 §3.1.1 table 3).
+        algs = b"".join(tlv(0x80, bytes([a])) for a in APT_ALGORITHMS) + tlv(0x06, b"\x00")
+        return tlv(0x61, tlv(0x4F, PIV_AID[5:]) + tlv(0x79, tlv(0x4F, PIV_AID[:5]))
+                   + tlv(0x50, APPLICATION_LABEL) + tlv(0xAC, algs))
+
+    # -- dispatch -----------------------------------------------------------
+    def process(self, cmd: CommandAPDU):
+        if cmd.cla != 0x00:
+            raise ApduError(SW.CLA_NOT_SUPPORTED)
+        try:
+            ins = INS(cmd.ins)
+        except ValueError:
+            raise ApduError(SW.INS_NOT_SUPPORTED) from None
+        handler = self._HANDLERS.get(ins)
+        if handler is None:
+            raise ApduError(SW.INS_NOT_SUPPORTED)
+        if ins != INS.GENERAL_AUTHENTICATE and ins not in _PASSIVE:
+            self._auth_pending = None
+        return handler(self, cmd)
+
+    # -- persistence --------------------------------------------------------
+    def _commit(self, new_state: PivState) -> None:
+        """Save `new_state`; on success make it current, else 6581 with the old state kept."""
+        try:
+            self.card.store.save(new_state.to_dict())
+        except StorageError as e:
+            log.error("PIV card state not saved (%s); command refused, card state unchanged", e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+        self.card.state = new_state
+
+    def _persist_current(self) -> None:
+        self.card.store.save(self.state.to_dict())
+
+    def _verify_reference(self, which: str, block: bytes) -> None:
+        """VERIFY-style check of the PIN or PUK with its counter (StorageError → 6581)."""
+        slot = self.state.pin if which == "pin" else self.state.puk
+        try:
+            slot.verify(block, self._persist_current)
+        except StorageError as e:
+            log.error("PIV card state not saved (%s); %s not checked", e, which.upper())
+            raise ApduError(SW.MEMORY_FAILURE) from None
+
+    # -- access conditions --------------------------------------------------
+    def _require_mgmt(self) -> None:
+        if not self.mgmt_authenticated:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    def _require_pin_policy(self, policy: PIN_POLICY) -> None:
+        if policy == PIN_POLICY.NEVER:
+            return
+        if policy in (PIN_POLICY.ALWAYS, PIN_POLICY.MATCH_ALWAYS):
+            if not (self.pin_verified and self.pin_fresh):
+                raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+            self.pin_fresh = False
+            return
+        if not self.pin_verified:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    # -- VERIFY (SP 800-73-4 Part 2 §3.2.1) ----------------------------------
+    def verify(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1 == 0xFF:
+            # Yubico 5.4.3+: P1=FF resets the verification status of the PIN.
+            if cmd.p2 != KEY_REFERENCE.PIV_PIN or cmd.data:
+                raise ApduError(SW.INCORRECT_P1P2 if cmd.p2 != KEY_REFERENCE.PIV_PIN else SW.WRONG_LENGTH)
+            self.pin_verified = self.pin_fresh = False
+            return b""
+        if cmd.p1 != 0x00:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if cmd.p2 == KEY_REFERENCE.PIV_PIN:
+            which, slot = "pin", self.state.pin
+        elif cmd.p2 == KEY_REFERENCE.PUK:
+            which, slot = "puk", self.state.puk
+        else:
+            raise ApduError(SW.REFERENCE_NOT_FOUND)     # global PIN, OCC: not on this card
+        if not cmd.data:
+            # Empty VERIFY: 9000 if verified, else tries left (63Cx) or blocked (6983).
+            if slot.blocked:
+                raise ApduError(SW.AUTH_METHOD_BLOCKED)
+            if which == "pin" and self.pin_verified:
+                return b""
+            raise ApduError(SW.VERIFY_FAILED | min(slot.tries_left, 15))
+        block = piv_check_padded(cmd.data)
+        if which == "pin":
+            self.pin_verified = self.pin_fresh = False
+        self._verify_reference(which, block)
+        if which == "pin":
+            self.pin_verified = self.pin_fresh = True
+        return b""
+
+    # -- CHANGE REFERENCE DATA (§3.2.2) / RESET RETRY COUNTER (§3.2.3) -------
+    def _two_blocks(self, cmd: CommandAPDU) -> tuple[bytes, bytes]:
+        if cmd.p1 != 0x00:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if len(cmd.data) != 16:
+            raise ApduError(SW.WRONG_DATA)
+        return piv_check_padded(cmd.data[:8]), piv_check_padded(cmd.data[8:])
+
+    def change_reference_data(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p2 not in (KEY_REFERENCE.PIV_PIN, KEY_REFERENCE.PUK):
+            raise ApduError(SW.REFERENCE_NOT_FOUND)
+        old, new = self._two_blocks(cmd)
+        which = "pin" if cmd.p2 == KEY_REFERENCE.PIV_PIN else "puk"
+        self._verify_reference(which, old)
+        new_state = self.state.clone()
+        target = new_state.pin if which == "pin" else new_state.puk
+        target.set(new, is_default=new == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK))
+        self._commit(new_state)
+        if which == "pin":
+            self.pin_verified = True
+        return b""
+
+    def reset_retry_counter(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p2 != KEY_REFERENCE.PIV_PIN:
+            raise ApduError(SW.REFERENCE_NOT_FOUND)
+        puk, new = self._two_blocks(cmd)
+        self._verify_reference("puk", puk)
+        new_state = self.state.clone()
+        new_state.pin.set(new, is_default=new == piv_pad(DEFAULT_PIN))
+        self._commit(new_state)
+        return b""
+
+    # -- GET DATA (§3.1.2) / PUT DATA (§3.3.2) --------------------------------
+    @staticmethod
+    def _object_id(value: bytes) -> int:
+        if not 1 <= len(value) <= 3:
+            raise ApduError(SW.WRONG_DATA)
+        return int.from_bytes(value, "big")
+
+    def get_data(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1p2 != 0x3FFF:
+            raise ApduError(SW.INCORRECT_P1P2)
+        items = parse_tlv(cmd.data)
+        if len(items) != 1 or items[0][0] != TAG_TAG_LIST:
+            raise ApduError(SW.WRONG_DATA)
+        tag = self._object_id(items[0][1])
+        if tag == OBJECT_ID.DISCOVERY:
+            return tlv(OBJECT_ID.DISCOVERY, objects.make_discovery())
+        if not is_valid_object_id(tag):
+            raise ApduError(SW.FILE_NOT_FOUND)
+        if tag in PIN_PROTECTED_OBJECTS and not self.pin_verified:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        content = self.state.objects.get(tag)
+        if content is None and tag == OBJECT_ID.KEY_HISTORY:
+            content = objects.make_key_history(self._retired_with_certificates())
+        if content is None:
+            raise ApduError(SW.FILE_NOT_FOUND)
+        if tag == OBJECT_ID.BIOMETRIC_GROUP_TEMPLATE:
+            return tlv(OBJECT_ID.BIOMETRIC_GROUP_TEMPLATE, content)
+        return tlv(TAG_DATA, content)
+
+    def _retired_with_certificates(self) -> int:
+        """Key History C1: OpenSC reads retired objects 1..C1, so count up to the last one present."""
+        last = 0
+        for i, slot in enumerate(RETIRED_SLOTS, 1):
+            if certificate_object_for(slot) in self.state.objects:
+                last = i
+        return last
+
+    def put_data(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1p2 != 0x3FFF:
+            raise ApduError(SW.INCORRECT_P1P2)
+        self._require_mgmt()
+        items = parse_tlv(cmd.data)
+        if len(items) != 2 or items[0][0] != TAG_TAG_LIST or items[1][0] != TAG_DATA:
+            raise ApduError(SW.WRONG_DATA)
+        tag = self._object_id(items[0][1])
+        if not is_valid_object_id(tag) or tag in (OBJECT_ID.DISCOVERY, OBJECT_ID.BIOMETRIC_GROUP_TEMPLATE):
+            raise ApduError(SW.WRONG_DATA)
+        content = items[1][1]
+        if len(content) > MAX_OBJECT_SIZE:
+            raise ApduError(SW.NOT_ENOUGH_MEMORY)
+        new_state = self.state.clone()
+        if content:
+            new_state.objects[tag] = content
+            if sum(len(v) for v in new_state.objects.values()) > MAX_TOTAL_OBJECTS:
+                raise ApduError(SW.NOT_ENOUGH_MEMORY)
+        elif new_state.objects.pop(tag, None) is None:
+            return b""                       # deleting an absent object: nothing to save
+        self._commit(new_state)
+        return b""
+
+    # -- GENERAL AUTHENTICATE (§3.2.4) ----------------------------------------
+    def general_authenticate(self, cmd: CommandAPDU) -> bytes:
+        pending, self._auth_pending = self._auth_pending, None
+        try:
+            template = parse_dict(unwrap(cmd.data, TAG_DYNAMIC_AUTH),
+                                  allowed={TAG_WITNESS, TAG_CHALLENGE, TAG_RESPONSE, TAG_EXPONENTIATION})
+        except ApduError:
+            raise ApduError(SW.WRONG_DATA) from None
+        if cmd.p2 == SLOT.CARD_MANAGEMENT:
+            return self._authenticate_management(cmd.p1, template, pending)
+        return self._private_key_operation(cmd.p1, cmd.p2, template)
+
+    def _authenticate_management(self, alg: int, t: dict[int, bytes], pending) -> bytes:
+        mgmt = self.state.management
+        if alg not in (mgmt.algorithm, 0x00):
+            raise ApduError(SW.INCORRECT_P1P2)
+        block = mgmt.algorithm.block_size
+        keys = set(t)
+        if keys == {TAG_WITNESS} and not t[TAG_WITNESS] and alg:
+            # Mutual authentication step 1: the card's witness, encrypted.
+            witness = os.urandom(block)
+            self._auth_pending = ("mutual", witness)
+            return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_WITNESS, _encrypt(mgmt, witness)))
+        if keys == {TAG_CHALLENGE} and not t[TAG_CHALLENGE]:
+            # External authentication step 1 (and OpenSC's GET CHALLENGE, P1=00): a random challenge.
+            challenge = os.urandom(block)
+            self._auth_pending = ("external", challenge)
+            return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_CHALLENGE, challenge))
+        if not alg:
+            raise ApduError(SW.INCORRECT_P1P2)
+        self.mgmt_authenticated = False
+        if keys == {TAG_WITNESS, TAG_CHALLENGE, TAG_RESPONSE} and not t[TAG_RESPONSE]:
+            # Mutual authentication step 2: host returns the decrypted witness and its challenge.
+            if len(t[TAG_WITNESS]) != block or len(t[TAG_CHALLENGE]) != block:
+                raise ApduError(SW.WRONG_DATA)
+            if pending is None or pending[0] != "mutual":
+                raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
+            if not hmac.compare_digest(t[TAG_WITNESS], pending[1]):
+                raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+            self._authenticated(mgmt)
+            return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_RESPONSE, _encrypt(mgmt, t[TAG_CHALLENGE])))
+        if keys == {TAG_RESPONSE} and t[TAG_RESPONSE]:
+            # External authentication step 2: host returns E_K(challenge).
+            if len(t[TAG_RESPONSE]) != block:
+                raise ApduError(SW.WRONG_DATA)
+            if pending is None or pending[0] != "external":
+                raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
+            if not hmac.compare_digest(t[TAG_RESPONSE], _encrypt(mgmt, pending[1])):
+                raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+            self._authenticated(mgmt)
+            return b""
+        raise ApduError(SW.WRONG_DATA)
+
+    def _authenticated(self, mgmt: ManagementKey) -> None:
+        self.mgmt_authenticated = True
+        if mgmt.is_default:
+            log.warning("PIV card %d: authenticated with the DEFAULT management key — anyone can "
+                        "change this card; set a new one (yubico-piv-tool -a set-mgm-key)", self.state.serial)
+
+    def _private_key_operation(self, alg: int, slot: int, t: dict[int, bytes]) -> bytes:
+        if slot not in KEY_SLOTS or slot == SLOT.ATTESTATION:
+            raise ApduError(SW.INCORRECT_P1P2)
+        entry = self.state.keys.get(slot)
+        if entry is None or entry.key.algorithm != alg:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if TAG_RESPONSE not in t or t[TAG_RESPONSE]:
+            raise ApduError(SW.WRONG_DATA)
+        has_challenge, has_exp = TAG_CHALLENGE in t, TAG_EXPONENTIATION in t
+        if has_challenge == has_exp or set(t) - {TAG_RESPONSE, TAG_CHALLENGE, TAG_EXPONENTIATION}:
+            raise ApduError(SW.WRONG_DATA)
+        key = entry.key
+        # Validate the input before spending a PIN-always authorisation on it.
+        data = t[TAG_CHALLENGE] if has_challenge else t[TAG_EXPONENTIATION]
+        kind = self._operation_kind(key, has_challenge, data)
+        self._require_pin_policy(entry.pin_policy)
+        try:
+            if kind == "rsa":
+                result = key.sign_raw_rsa(data)
+            elif kind == "ecdsa":
+                result = key.sign_ecdsa(data)
+            elif kind == "ed25519":
+                result = key.sign_ed25519(data)
+            elif kind == "ecdh":
+                result = key.ecdh(data)
+            else:
+                result = key.x25519(data)
+        except ValueError:
+            raise ApduError(SW.WRONG_DATA) from None
+        return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_RESPONSE, result))
+
+    @staticmethod
+    def _operation_kind(key: CardKey, challenge: bool, data: bytes) -> str:
+        alg = key.algorithm
+        if alg.is_rsa:
+            if not challenge or len(data) != RSA_BITS[alg] // 8:
+                raise ApduError(SW.WRONG_DATA)
+            return "rsa"
+        if alg.is_ec:
+            if challenge:
+                if not 1 <= len(data) <= 64:
+                    raise ApduError(SW.WRONG_DATA)
+                return "ecdsa"
+            if len(data) != 1 + 2 * EC_FIELD_BYTES[alg] or data[0] != 0x04:
+                raise ApduError(SW.WRONG_DATA)
+            return "ecdh"
+        if alg == ALGORITHM.ED25519:
+            if not challenge:
+                raise ApduError(SW.WRONG_DATA)
+            return "ed25519"
+        if challenge or len(data) != 32:
+            raise ApduError(SW.WRONG_DATA)
+        return "x25519"
+
+    # -- GENERATE ASYMMETRIC KEY PAIR (§3.3.2) / IMPORT (Yubico FE) -----------
+    @staticmethod
+    def _policies(template: dict[int, bytes], slot: int) -> tuple[PIN_POLICY, TOUCH_POLICY]:
+        try:
+            pin_policy = PIN_POLICY(template[TAG_PIN_POLICY][0]) if TAG_PIN_POLICY in template else PIN_POLICY.DEFAULT
+            touch = TOUCH_POLICY(template[TAG_TOUCH_POLICY][0]) if TAG_TOUCH_POLICY in template else TOUCH_POLICY.DEFAULT
+        except (ValueError, IndexError):
+            raise ApduError(SW.WRONG_DATA) from None
+        if any(len(template.get(t, b"x")) != 1 for t in (TAG_PIN_POLICY, TAG_TOUCH_POLICY)):
+            raise ApduError(SW.WRONG_DATA)
+        if pin_policy == PIN_POLICY.DEFAULT:
+            pin_policy = default_pin_policy(slot)
+        if touch == TOUCH_POLICY.DEFAULT:
+            touch = TOUCH_POLICY.NEVER
+        return pin_policy, touch
+
+    @staticmethod
+    def _writable_key_slot(slot: int, *, generate: bool) -> None:
+        if slot not in KEY_SLOTS or (generate and slot == SLOT.ATTESTATION):
+            raise ApduError(SW.INCORRECT_P1P2)
+
+    def generate_asymmetric_key_pair(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1 != 0x00:
+            raise ApduError(SW.INCORRECT_P1P2)
+        self._writable_key_slot(cmd.p2, generate=True)
+        self._require_mgmt()
+        template = parse_dict(unwrap(cmd.data, TAG_CONTROL_REFERENCE),
+                              allowed={TAG_ALGORITHM, TAG_PIN_POLICY, TAG_TOUCH_POLICY})
+        alg_bytes = template.get(TAG_ALGORITHM, b"")
+        if len(alg_bytes) != 1:
+            raise ApduError(SW.WRONG_DATA)
+        try:
+            alg = ALGORITHM(alg_bytes[0])
+        except ValueError:
+            raise ApduError(SW.WRONG_DATA) from None
+        pin_policy, touch = self._policies(template, cmd.p2)
+        key = CardKey.generate(alg)
+        new_state = self.state.clone()
+        new_state.keys[cmd.p2] = SlotKey(key, pin_policy, touch, ORIGIN.GENERATED)
+        self._commit(new_state)
+        return tlv(TAG_PUBLIC_KEY, public_key_template(key))
+
+    def import_asymmetric_key(self, cmd: CommandAPDU) -> bytes:
+        self._writable_key_slot(cmd.p2, generate=False)
+        self._require_mgmt()
+        try:
+            alg = ALGORITHM(cmd.p1)
+        except ValueError:
+            raise ApduError(SW.INCORRECT_P1P2) from None
+        template = parse_dict(cmd.data, allowed={1, 2, 3, 4, 5, 6, 7, 8, TAG_PIN_POLICY, TAG_TOUCH_POLICY})
+        pin_policy, touch = self._policies(template, cmd.p2)
+        key = self._key_from_components(alg, {k: v for k, v in template.items() if k < 0x10})
+        new_state = self.state.clone()
+        new_state.keys[cmd.p2] = SlotKey(key, pin_policy, touch, ORIGIN.IMPORTED)
+        self._commit(new_state)
+        return b""
+
+    @staticmethod
+    def _key_from_components(alg: ALGORITHM, c: dict[int, bytes]) -> CardKey:
+        try:
+            if alg.is_rsa:
+                if set(c) != {1, 2, 3, 4, 5}:
+                    raise ApduError(SW.WRONG_DATA)
+                p, q, dp, dq, qinv = (int.from_bytes(c[i], "big") for i in (1, 2, 3, 4, 5))
+                e = RSA_PUBLIC_EXPONENT
+                if p < 3 or q < 3 or p == q:
+                    raise ApduError(SW.WRONG_DATA)
+                phi_p, phi_q = p - 1, q - 1
+                d = pow(e, -1, (phi_p * phi_q) // _gcd(phi_p, phi_q))
+                if dp != d % phi_p or dq != d % phi_q or qinv != pow(q, -1, p):
+                    raise ApduError(SW.WRONG_DATA)
+                private = rsa.RSAPrivateNumbers(p, q, d, dp, dq, qinv,
+                                                rsa.RSAPublicNumbers(e, p * q)).private_key()
+            elif alg.is_ec:
+                size = EC_FIELD_BYTES[alg]
+                if set(c) != {6} or len(c[6]) != size:
+                    raise ApduError(SW.WRONG_DATA)
+                private = ec.derive_private_key(int.from_bytes(c[6], "big"), EC_CURVES[alg]())
+            elif alg == ALGORITHM.ED25519:
+                if set(c) != {7} or len(c[7]) != 32:
+                    raise ApduError(SW.WRONG_DATA)
+                private = ed25519.Ed25519PrivateKey.from_private_bytes(c[7])
+            else:
+                if set(c) != {8} or len(c[8]) != 32:
+                    raise ApduError(SW.WRONG_DATA)
+                private = x25519.X25519PrivateKey.from_private_bytes(c[8])
+            return CardKey(private, alg)
+        except ApduError:
+            raise
+        except ValueError:            # includes KeyLoadError (size mismatch) and non-invertible values
+            raise ApduError(SW.WRONG_DATA) from None
+
+    # -- Yubico vendor commands ----------------------------------------------
+    def get_version(self, cmd: CommandAPDU) -> bytes:
+        return bytes(FIRMWARE_VERSION)
+
+    def get_serial(self, cmd: CommandAPDU) -> bytes:
+        return self.state.serial.to_bytes(4, "big")
+
+    def set_management_key(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1 != 0xFF or cmd.p2 not in (0xFF, 0xFE):
+            raise ApduError(SW.INCORRECT_P1P2)
+        self._require_mgmt()
+        if len(cmd.data) < 3:
+            raise ApduError(SW.WRONG_DATA)
+        items = parse_tlv(cmd.data[1:])
+        if len(items) != 1 or items[0][0] != SLOT.CARD_MANAGEMENT:
+            raise ApduError(SW.WRONG_DATA)
+        try:
+            mgmt = check_management_key(cmd.data[0], items[0][1])
+        except ValueError:
+            raise ApduError(SW.WRONG_DATA) from None
+        touch = TOUCH_POLICY.ALWAYS if cmd.p2 == 0xFE else TOUCH_POLICY.NEVER
+        new_state = self.state.clone()
+        new_state.management = ManagementKey(mgmt.algorithm, mgmt.key, touch)
+        self._commit(new_state)
+        if new_state.management.is_default:
+            log.warning("PIV card %d: management key set to the DEFAULT value", self.state.serial)
+        return b""
+
+    def reset(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1 or cmd.p2:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if not (self.state.pin.blocked and self.state.puk.blocked):
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
+        old = self.state
+        fresh = PivState.new(serial=old.serial, attestation=(old.keys[SLOT.ATTESTATION],
+                                                             old.objects[OBJECT_ID.YUBICO_ATTESTATION]))
+        self._commit(fresh)
+        self.clear_security_status()
+        log.warning("PIV card %d reset: keys, certificates and objects erased; PIN, PUK and management "
+                    "key are the defaults again", old.serial)
+        return b""
+
+    def set_pin_retries(self, cmd: CommandAPDU) -> bytes:
+        self._require_mgmt()
+        if not self.pin_verified:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        if not (1 <= cmd.p1 <= 15 and 1 <= cmd.p2 <= 15):
+            raise ApduError(SW.INCORRECT_P1P2)
+        new_state = self.state.clone()
+        # As on a YubiKey, PIN and PUK return to their default values.
+        new_state.pin.set_max_tries(cmd.p1)
+        new_state.pin.set(piv_pad(DEFAULT_PIN), is_default=True)
+        new_state.puk.set_max_tries(cmd.p2)
+        new_state.puk.set(piv_pad(DEFAULT_PUK), is_default=True)
+        self._commit(new_state)
+        self.pin_verified = self.pin_fresh = False
+        return b""
+
+    def get_metadata(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p1 != 0x00:
+            raise ApduError(SW.INCORRECT_P1P2)
+        ref = cmd.p2
+        if ref in (KEY_REFERENCE.PIV_PIN, KEY_REFERENCE.PUK):
+            slot = self.state.pin if ref == KEY_REFERENCE.PIV_PIN else self.state.puk
+            return (tlv(TAG_META_ALGORITHM, b"\xff") + tlv(TAG_META_POLICY, b"\x00\x00")
+                    + tlv(TAG_META_IS_DEFAULT, b"\x01" if slot.is_default else b"\x00")
+                    + tlv(TAG_META_RETRIES, bytes([slot.max_tries, slot.tries_left])))
+        if ref == SLOT.CARD_MANAGEMENT:
+            m = self.state.management
+            return (tlv(TAG_META_ALGORITHM, bytes([m.algorithm])) + tlv(TAG_META_POLICY, bytes([0, m.touch_policy]))
+                    + tlv(TAG_META_IS_DEFAULT, b"\x01" if m.is_default else b"\x00"))
+        if ref not in KEY_SLOTS:
+            raise ApduError(SW.REFERENCE_NOT_FOUND)
+        entry = self.state.keys.get(ref)
+        if entry is None:
+            raise ApduError(SW.REFERENCE_NOT_FOUND)
+        return (tlv(TAG_META_ALGORITHM, bytes([entry.key.algorithm]))
+                + tlv(TAG_META_POLICY, bytes([entry.pin_policy, entry.touch_policy]))
+                + tlv(TAG_META_ORIGIN, bytes([entry.origin]))
+                + tlv(TAG_META_PUBLIC_KEY, public_key_template(entry.key)))
+
+    def attest(self, cmd: CommandAPDU) -> bytes:
+        if cmd.p2 != 0x00:
+            raise ApduError(SW.INCORRECT_P1P2)
+        slot = cmd.p1
+        if slot not in KEY_SLOTS or slot == SLOT.ATTESTATION:
+            raise ApduError(SW.INCORRECT_P1P2)
+        entry = self.state.keys.get(slot)
+        if entry is None:
+            raise ApduError(SW.REFERENCE_NOT_FOUND)
+        if entry.origin != ORIGIN.GENERATED:
+            raise ApduError(SW.WRONG_DATA)     # only keys generated on the card can be attested
+        ca_key = self.state.keys.get(SLOT.ATTESTATION)
+        ca_cert = objects.parse_certificate_object(self.state.objects.get(OBJECT_ID.YUBICO_ATTESTATION, b""))
+        if ca_key is None or ca_cert is None or ca_key.key.algorithm == ALGORITHM.X25519:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
+        cert = objects.make_attestation(ca_key.key, ca_cert, slot, entry.key.public_key, self.state.serial,
+                                        entry.pin_policy, entry.touch_policy)
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    def move_key(self, cmd: CommandAPDU) -> bytes:
+        to_slot, from_slot = cmd.p1, cmd.p2
+        if from_slot not in KEY_SLOTS or from_slot == SLOT.ATTESTATION:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if to_slot != 0xFF and (to_slot not in KEY_SLOTS or to_slot in (SLOT.ATTESTATION, from_slot)):
+            raise ApduError(SW.INCORRECT_P1P2)
+        self._require_mgmt()
+        if from_slot not in self.state.keys:
+            raise ApduError(SW.REFERENCE_NOT_FOUND)
+        new_state = self.state.clone()
+        entry = new_state.keys.pop(from_slot)
+        if to_slot != 0xFF:
+            new_state.keys[to_slot] = entry
+        self._commit(new_state)
+        return b""
+
+    _HANDLERS = {
+        INS.VERIFY: verify,
+        INS.CHANGE_REFERENCE_DATA: change_reference_data,
+        INS.RESET_RETRY_COUNTER: reset_retry_counter,
+        INS.GENERATE_ASYMMETRIC_KEY_PAIR: generate_asymmetric_key_pair,
+        INS.GENERAL_AUTHENTICATE: general_authenticate,
+        INS.GET_DATA: get_data,
+        INS.PUT_DATA: put_data,
+        INS.MOVE_KEY: move_key,
+        INS.GET_METADATA: get_metadata,
+        INS.GET_SERIAL: get_serial,
+        INS.ATTEST: attest,
+        INS.SET_PIN_RETRIES: set_pin_retries,
+        INS.RESET: reset,
+        INS.GET_VERSION: get_version,
+        INS.IMPORT_ASYMMETRIC_KEY: import_asymmetric_key,
+        INS.SET_MANAGEMENT_KEY: set_management_key,
+    }
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+class PivCard(AppletCard):
+    """An emulated PIV card whose state lives in a `CardStore` directory."""
+
+    def __init__(self, store: CardStore, state: PivState, *, inserted: bool = True) -> None:
+        self.store = store
+        self.state = state
+        self.applet = PivApplet(self)
+        super().__init__([self.applet], inserted=inserted)
+        self._warn_defaults()
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def create(cls, store: CardStore, *, pin: str | bytes = DEFAULT_PIN, puk: str | bytes = DEFAULT_PUK,
+               mgmt_key: bytes = DEFAULT_MANAGEMENT_KEY, mgmt_alg: int = DEFAULT_MANAGEMENT_ALGORITHM,
+               serial: int | None = None, pin_tries: int = DEFAULT_TRIES, puk_tries: int = DEFAULT_TRIES,
+               inserted: bool = True) -> "PivCard":
+        """Create a new card in `store` (refuses to overwrite an existing one); ValueError on bad arguments."""
+        if store.exists():
+            raise FileExistsError(f"a card already exists in {store.directory}")
+        state = PivState.new(pin=pin, puk=puk, mgmt_key=mgmt_key, mgmt_alg=mgmt_alg, serial=serial,
+                             pin_tries=pin_tries, puk_tries=puk_tries)
+        store.save(state.to_dict())
+        log.info("created PIV card %d in %s", state.serial, store.directory)
+        return cls(store, state, inserted=inserted)
+
+    @classmethod
+    def open(cls, store: CardStore, *, inserted: bool = True) -> "PivCard":
+        return cls(store, PivState.from_dict(store.load()), inserted=inserted)
+
+    @classmethod
+    def from_directory(cls, path: Path, *, inserted: bool = True) -> "PivCard":
+        """The daemon's constructor: open the card in `path`, creating a default one if absent."""
+        store = CardStore(Path(path))
+        if not store.exists():
+            return cls.create(store, inserted=inserted)
+        return cls.open(store, inserted=inserted)
+
+    def _warn_defaults(self) -> None:
+        s = self.state
+        if s.management.is_default:
+            log.warning("PIV card %d uses the DEFAULT management key %s: anyone with access to the reader can "
+                        "replace its keys and certificates. Change it (yubico-piv-tool -a set-mgm-key, "
+                        "ykman piv access change-management-key).", s.serial, DEFAULT_MANAGEMENT_KEY.hex())
+        if s.pin.is_default or s.puk.is_default:
+            log.warning("PIV card %d still has the default PIN or PUK; change them", s.serial)
+
+    # -- Card / AppletCard --------------------------------------------------
+    def atr(self) -> bytes:
+        return make_atr(ATR_HISTORICAL)
+
+    def default_applet(self):
+        # SP 800-73-4 Part 1 §2.2: the PIV application may be the default one; OpenSC tries GET DATA first.
+        return self.applet
+
+    def reset(self) -> None:
+        super().reset()
+        self.applet.clear_security_status()
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"type": "piv", "serial": self.state.serial, "directory": str(self.store.directory)})
+        return d
+
+
+__all__ = ["PivApplet", "PivCard", "ATR_HISTORICAL", "public_key_template"]
