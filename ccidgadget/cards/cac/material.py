@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def _nss_tool(name: str) -> str:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=NSS_TIMEOUT,
+        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=NSS_TIMEOUT,
                               env={**os.environ, "LANG": "C", "LC_ALL": "C"})
     except subprocess.TimeoutExpired:
         raise CacMaterialError(f"{os.path.basename(argv[0])} did not finish in {NSS_TIMEOUT} s") from None
@@ -152,11 +153,14 @@ def export_nss_credential(db: str, nickname: str, password: str | None) -> CacCr
                         f"{db} is protected by a password: give it as the PIN (--pin), as libcacard "
                         "uses the database password as the card PIN, or with --db-password")
                 raise CacMaterialError(f"{db}: wrong database password")
-            if "UNKNOWN_CERT" in message or "find user certs" in message:
+            if "UNKNOWN_CERT" in message or "user certs" in message:
                 raise CacMaterialError(f"{db}: certificate {nickname!r} has no private key in the database")
             raise CacMaterialError(f"{db}: pk12util could not export {nickname!r}: {_last_line(message)}")
         try:
-            bundle = load_key_and_cert(p12, export_password)
+            with warnings.catch_warnings():
+                # pk12util writes BER (indefinite lengths); cryptography reads it and warns.
+                warnings.simplefilter("ignore", UserWarning)
+                bundle = load_key_and_cert(p12, export_password)
         except KeyLoadError as e:
             raise CacMaterialError(f"{db}: {nickname!r}: {e}") from None
     return _check_pair(bundle.certificate, bundle.key, f"{db}: {nickname!r}")
