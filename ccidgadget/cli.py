@@ -2,24 +2,37 @@
 
 Slot options follow the `--card` they belong to, so a reader reads left to
 right:  ccidgadget --card emulated --type piv --card passthru --listen 0.0.0.0:2001
+
+The daemon reads /etc/ccidgadget/ccidgadget.toml (or --config FILE) first;
+options given on the command line win, and any --card replaces the file's
+slots.  Defaults are the configuration's (daemon/config.py), so the parser
+records only what was actually given.
+
+Verbs on the running daemon (control socket, daemon/control.py):
+    ccidgadget status [--json]      ccidgadget insert SLOT     ccidgadget remove SLOT
+    ccidgadget reload               ccidgadget check-config    ccidgadget cleanup
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
 
 from . import __version__
 from .daemon.engines import DEFAULT_EMULATED_TYPE, EMULATED_TYPES, ENGINES, EngineError, SlotSpec
-from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError, Identity
+from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError
 
 log = logging.getLogger("ccidgadget")
 
 #: Verbs that are not the daemon itself.
-VERBS = ("card", "vpcd-card")
+VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup")
+
+#: Exit status for a configuration or usage error (argparse uses it too).
+EXIT_CONFIG = 2
 
 
 class _NewSlot(argparse.Action):
@@ -62,11 +75,16 @@ def daemon_parser() -> argparse.ArgumentParser:
     presets = "; ".join(f"{name} = {vid:04x}:{pid:04x} ({why})" for name, (vid, pid, why) in PRESETS.items())
     p = argparse.ArgumentParser(
         prog="ccidgadget",
-        description="Run a USB CCID smart-card reader with card(s) inside on this board's USB device port.",
-        epilog="Other commands: 'ccidgadget card --help' (provision emulated cards), "
+        description="Run a USB CCID smart-card reader with card(s) inside on this board's USB device port. "
+                    "Settings come from the configuration file; options given here override it.",
+        epilog="Other commands: 'ccidgadget status|insert|remove|reload|check-config|cleanup --help' "
+               "(the running daemon, see docs/service.md), 'ccidgadget card --help' (provision emulated cards), "
                "'ccidgadget vpcd-card --help' (serve an emulated card to a local pcscd through vsmartcard's vpcd).",
+        argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--version", action="version", version=f"ccidgadget {__version__}")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="configuration file (default /etc/ccidgadget/ccidgadget.toml if it exists)")
     slot = p.add_argument_group("slots (one per --card, in order; the options after a --card apply to it)")
     slot.add_argument("--card", action=_NewSlot, metavar="ENGINE", choices=ENGINES,
                       help=f"add a slot backed by ENGINE: {', '.join(ENGINES)} (default: one emulated slot)")
@@ -92,61 +110,213 @@ def daemon_parser() -> argparse.ArgumentParser:
                       help="pcsc: share the real card with other local applications (default exclusive)")
     usb = p.add_argument_group("USB gadget")
     usb.add_argument("--udc", help="USB device controller to bind (default: the only one in /sys/class/udc)")
-    usb.add_argument("--identity", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+    usb.add_argument("--identity", choices=sorted(PRESETS),
                      help=f"VID:PID preset (default {DEFAULT_PRESET}): {presets}")
     usb.add_argument("--vid", type=_hex16, help="USB vendor id in hex (overrides --identity)")
     usb.add_argument("--pid", type=_hex16, help="USB product id in hex (overrides --identity)")
-    usb.add_argument("--manufacturer", default="ccidgadget", help="manufacturer string")
-    usb.add_argument("--product", default="ccidgadget CCID reader", help="product string")
+    usb.add_argument("--manufacturer", help="manufacturer string (default ccidgadget)")
+    usb.add_argument("--product", help="product string (default 'ccidgadget CCID reader')")
     usb.add_argument("--serial", help="serial number string (default: stable per board, from the machine id)")
-    usb.add_argument("--gadget-name", default="ccidgadget", help="configfs gadget directory name")
+    usb.add_argument("--gadget-name", help="configfs gadget directory name (default ccidgadget)")
     usb.add_argument("--max-message-length", type=int,
                      help="dwMaxCCIDMessageLength, bytes including the 10-byte header")
     run = p.add_argument_group("daemon")
-    run.add_argument("--state-dir", type=Path, default=Path("/var/lib/ccidgadget"),
+    run.add_argument("--state-dir", type=Path,
                      help="where emulated cards keep their state (default /var/lib/ccidgadget)")
-    run.add_argument("--runtime-dir", type=Path, default=Path("/run/ccidgadget"),
+    run.add_argument("--runtime-dir", type=Path,
                      help="FunctionFS mount point and control socket (default /run/ccidgadget)")
-    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="log verbosity (default info); APDU contents are never logged")
+    run.add_argument("--control-group", metavar="GROUP",
+                     help="group allowed to use the control socket (default: root only)")
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def setup_logging(level: str, engine_of=None) -> None:
+    from .daemon.journal import setup_logging as _setup
+    _setup(level, engine_of=engine_of)
+
+
+def _given(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "config"}
+
+
+def load_config(args: argparse.Namespace):
+    """The configuration file with the command line applied over it (raises ConfigError)."""
+    from .daemon import config
+    return config.apply_cli(config.load(getattr(args, "config", None)), _given(args))
 
 
 def options_from_args(args) -> "DaemonOptions":
-    from .daemon.app import DaemonOptions
+    return load_config(args).to_options()
 
-    slots = args.slots or [SlotSpec()]
-    for spec in slots:
-        spec.validate()
-    vid, pid, _ = PRESETS[args.identity]
-    identity = Identity(vid=args.vid if args.vid is not None else vid,
-                        pid=args.pid if args.pid is not None else pid,
-                        manufacturer=args.manufacturer, product=args.product, serial=args.serial)
-    return DaemonOptions(slots=slots, identity=identity, udc=args.udc, gadget_name=args.gadget_name,
-                         state_dir=args.state_dir, runtime_dir=args.runtime_dir,
-                         max_message_length=args.max_message_length)
+
+def _config_error(e) -> int:
+    print(f"ccidgadget: configuration error (nothing was started):\n{e}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def run_daemon(argv: list[str]) -> int:
     from .daemon.app import Daemon
+    from .daemon.config import ConfigError
+    from .daemon.notify import Notifier
 
     parser = daemon_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
     try:
-        options = options_from_args(args)
+        cfg = load_config(args)
+    except ConfigError as e:
+        return _config_error(e)
     except EngineError as e:
         parser.error(str(e))
+    loader = lambda: load_config(args).to_options()     # noqa: E731 - reload re-reads the same sources
+    daemon = Daemon(cfg.to_options(), notifier=Notifier(), loader=loader)
+    daemon.config_source = cfg.source
+    setup_logging(cfg.log_level, engine_of=daemon.engine_of)
+    log.info("ccidgadget %s starting (configuration: %s)", __version__, cfg.source, extra={"event": "start"})
     try:
-        return asyncio.run(Daemon(options).run())
+        return asyncio.run(daemon.run())
     except (GadgetError, EngineError) as e:
-        log.error("%s", e)
+        log.error("%s", e, extra={"event": "failed"})
         return 1
+
+
+# -- verbs on the running daemon -------------------------------------------------------
+def _client_parser(verb: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"ccidgadget {verb}", description=description)
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="configuration file naming the runtime directory (default /etc/ccidgadget/ccidgadget.toml)")
+    p.add_argument("--socket", type=Path, metavar="PATH",
+                   help="control socket (default RUNTIME_DIR/control.sock, RUNTIME_DIR from the configuration, "
+                        "/run/ccidgadget if none)")
+    return p
+
+
+def _socket_path(args) -> Path:
+    from .daemon.config import CONTROL_SOCKET_NAME, peek_runtime_dir
+    if args.socket:
+        return args.socket
+    return peek_runtime_dir(args.config) / CONTROL_SOCKET_NAME
+
+
+def format_status(st: dict) -> str:
+    """`ccidgadget status` for a person."""
+    up = int(st.get("uptime_s", 0))
+    uptime = f"{up // 3600}h{up % 3600 // 60:02d}m" if up >= 3600 else f"{up // 60}m{up % 60:02d}s"
+    ident = st.get("identity") or {}
+    lines = [f"ccidgadget {st.get('version', '?')} (pid {st.get('pid', '?')}): {st.get('state', '?')}, "
+             f"up {uptime}, configuration {st.get('config') or 'command line'}"]
+    lines.append(f"  gadget   {st.get('gadget') or '-'} "
+                 f"({ident.get('vid', '????')}:{ident.get('pid', '????')} {ident.get('product', '')!r})")
+    usb = f"{st.get('usb_state')}, {'bound to ' + str(st.get('udc')) if st.get('bound') else 'not bound'}"
+    host = "connected" if st.get("host_connected") else "not connected"
+    lines.append(f"  USB      {usb}; host {host} ({st.get('enumerations', 0)} enumeration(s))")
+    if st.get("functions"):
+        lines.append(f"  also     {', '.join(st['functions'])}")
+    for s in st.get("slots", []):
+        engine = s.get("engine", "?") + (f" {s['type']}" if s.get("type") else "")
+        card = "card present" if s.get("present") else "empty"
+        extra = ""
+        if s.get("listen"):
+            extra += f", listening on {s['listen']}"
+        if s.get("client"):
+            extra += f", client {s['client']}"
+        if s.get("reader"):
+            extra += f", reader {s['reader']!r}"
+        lines.append(f"  slot {s.get('slot')}   {engine:<13} {card:<12} {s.get('apdus', 0)} APDU(s), "
+                     f"{s.get('power_ons', 0)} power-on(s), {s.get('errors', 0)} error(s){extra}")
+        if s.get("last_error"):
+            lines.append(f"           last error: {s['last_error']}")
+    return "\n".join(lines)
+
+
+def run_client_verb(verb: str, argv: list[str]) -> int:
+    from .daemon.control import ControlError, call
+
+    descriptions = {
+        "status": "Show the running daemon: gadget, USB state, host connection, every slot.",
+        "insert": "Simulate inserting the card of an emulated slot.",
+        "remove": "Simulate pulling the card out of an emulated slot.",
+        "reload": "Re-read the configuration file and apply it. Slot changes apply in place; a changed "
+                  "identity, UDC, function list or slot count re-enumerates the gadget. (Also: SIGHUP.)",
+    }
+    p = _client_parser(verb, descriptions[verb])
+    if verb == "status":
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    if verb in ("insert", "remove"):
+        p.add_argument("slot", type=int, metavar="SLOT", help="slot number, from 0 (as 'ccidgadget status' shows)")
+    args = p.parse_args(argv)
+    path = _socket_path(args)
+    try:
+        if verb == "status":
+            result = call(path, "status")
+            print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_status(result))
+        elif verb in ("insert", "remove"):
+            result = call(path, verb, slot=args.slot)
+            state = "card present" if result["present"] else "empty"
+            print(f"slot {result['slot']}: {state}" + ("" if result["changed"] else f" (it already was)"))
+        else:
+            result = call(path, "reload")
+            print(result["message"])
+    except ControlError as e:
+        print(f"ccidgadget {verb}: {e}", file=sys.stderr)
+        return e.exit_status
+    return 0
+
+
+def run_check_config(argv: list[str]) -> int:
+    from .daemon import config
+
+    p = argparse.ArgumentParser(prog="ccidgadget check-config",
+                                description="Validate the configuration file; exit status 2 if it is not usable.")
+    p.add_argument("--config", type=Path, metavar="FILE", help="default /etc/ccidgadget/ccidgadget.toml")
+    args = p.parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        return _config_error(e)
+    ident = cfg.usb_identity()
+    slots = ", ".join(f"{s.engine}" + (f" {s.type}" if s.engine == "emulated" else "") for s in cfg.slots)
+    print(f"{cfg.source}: OK: {ident.vid:04x}:{ident.pid:04x}, {len(cfg.slots)} slot(s): {slots}"
+          + (f"; functions: {', '.join(f.kind + '.' + f.name for f in cfg.functions)}" if cfg.functions else ""))
+    return 0
+
+
+def run_cleanup(argv: list[str]) -> int:
+    """Remove the gadget a crashed daemon left behind (the unit's ExecStopPost)."""
+    from .daemon import config
+    from .daemon.control import _answers
+    from .usb.gadget import CONFIGFS, ConfigfsGadget
+
+    p = argparse.ArgumentParser(prog="ccidgadget cleanup",
+                                description="Remove the configfs gadget and FunctionFS mount a stopped or crashed "
+                                            "daemon left behind. Refuses while the daemon is running.")
+    p.add_argument("--config", type=Path, metavar="FILE", help="default /etc/ccidgadget/ccidgadget.toml")
+    args = p.parse_args(argv)
+    setup_logging("info")
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        # The file may have been broken after the gadget was made: clean up by the defaults' names.
+        log.warning("configuration not usable, cleaning up with default names: %s", e)
+        cfg = config.Config()
+    sock = cfg.control_socket
+    if sock.exists() and _answers(sock):
+        print(f"ccidgadget cleanup: the daemon is running ({sock} answers); stop it first", file=sys.stderr)
+        return 1
+    if not (CONFIGFS / "usb_gadget").is_dir():
+        return 0
+    gadget = ConfigfsGadget(name=cfg.gadget_name, identity=cfg.usb_identity(), runtime_dir=cfg.runtime_dir)
+    try:
+        gadget.cleanup_stale()
+    except (GadgetError, OSError) as e:
+        log.error("cleanup failed: %s", e)
+        return 1
+    try:
+        sock.unlink()
+    except OSError:
+        pass
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,4 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "vpcd-card":
         from .frontends.vpcd_client import main_vpcd_card
         return main_vpcd_card(argv[1:])
+    if argv and argv[0] in ("status", "insert", "remove", "reload"):
+        return run_client_verb(argv[0], argv[1:])
+    if argv and argv[0] == "check-config":
+        return run_check_config(argv[1:])
+    if argv and argv[0] == "cleanup":
+        return run_cleanup(argv[1:])
     return run_daemon(argv)
