@@ -306,7 +306,11 @@ def pcscd(log_dir):
 
 def list_readers(include_virtual: bool = False) -> list:
     """pyscard readers, without vsmartcard's "Virtual PCD" ones. [] if pcscd is unreachable."""
-    from smartcard.System import readers  # lazy: only the e2e tests need pyscard
+    try:
+        from smartcard.System import readers  # lazy: only the e2e tests need pyscard
+    except ImportError as e:
+        raise AssertionError(f"pyscard is not installed for {sys.executable} ({e}); "
+                             "use the project venv (.venv/bin/pip install pyscard)") from None
     try:
         rs = readers()
     except Exception:  # pcscd not (yet) answering, no readers, ...

@@ -539,7 +539,7 @@ def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: 
         "i8042.noaux", "i8042.nokbd", "random.trust_cpu=on", "tsc=unstable",
     ])
     return [
-        QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory), "-smp", str(smp),
+        QEMU, "-accel", "tcg,thread=multi", "-cpu", os.environ.get("CCIDGADGET_VM_CPU", "max"), "-m", str(memory), "-smp", str(smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
         "-serial", f"file:{out_dir / CONSOLE_FILE}", "-no-reboot",
         "-kernel", str(prepared.kernel), "-initrd", str(prepared.initramfs), "-append", append,
