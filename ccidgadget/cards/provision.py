@@ -1,0 +1,345 @@
+"""`ccidgadget card ...`: create and provision emulated PIV cards offline.
+
+Each command is a function (for tests and other front ends) plus an argparse
+sub-command registered by `add_card_subcommands(subparsers)`; the CLI calls
+`args.func(args)`, which returns the exit status.
+
+These commands edit the card directory directly: stop the daemon (or remove
+the card from its slot) first, or the daemon's next save overwrites the
+change.  PINs, PUKs and management keys are never logged or printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .iso7816 import ApduError
+from .keys import ALGORITHM, CardKey, KeyLoadError, load_key_and_cert
+from .pin import piv_pad
+from .piv import objects
+from .piv.applet import PivCard, public_key_template  # noqa: F401  (re-exported for tools)
+from .piv.constants import (DEFAULT_MANAGEMENT_ALGORITHM, DEFAULT_MANAGEMENT_KEY, DEFAULT_PIN, DEFAULT_PUK,
+                            KEY_SLOTS, MANAGEMENT_ALGORITHM, OBJECT_ID, ORIGIN, PIN_POLICY, SLOT, TOUCH_POLICY,
+                            certificate_object_for, default_pin_policy)
+from .piv.state import SlotKey
+from .storage import CardStore, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class ProvisionError(Exception):
+    """A provisioning command failed; the message is for the user."""
+
+
+# -- helpers ------------------------------------------------------------------
+
+def parse_slot(text: str) -> int:
+    try:
+        slot = int(text, 16)
+    except ValueError:
+        raise ProvisionError(f"slot must be hexadecimal (9a, 9c, 9d, 9e, 82..95), not {text!r}") from None
+    if slot not in KEY_SLOTS:
+        raise ProvisionError(f"{text} is not a PIV key slot")
+    return slot
+
+
+def parse_algorithm(text: str) -> ALGORITHM:
+    try:
+        return ALGORITHM[text.upper()]
+    except KeyError:
+        names = ", ".join(a.cli_name for a in ALGORITHM)
+        raise ProvisionError(f"unknown algorithm {text!r} (one of {names})") from None
+
+
+def parse_management_algorithm(text: str) -> MANAGEMENT_ALGORITHM:
+    aliases = {"3des": "TDES", "tdes": "TDES", "aes128": "AES128", "aes192": "AES192", "aes256": "AES256"}
+    try:
+        return MANAGEMENT_ALGORITHM[aliases.get(text.lower(), text.upper())]
+    except KeyError:
+        raise ProvisionError(f"unknown management key algorithm {text!r} (3des, aes128, aes192, aes256)") from None
+
+
+def parse_subject(text: str) -> x509.Name:
+    """"/CN=a/O=b" (OpenSSL style, as yubico-piv-tool takes) or an RFC 4514 string "CN=a,O=b"."""
+    try:
+        if text.startswith("/"):
+            parts = [p for p in text.split("/") if p]
+            return x509.Name.from_rfc4514_string(",".join(reversed(parts)))
+        return x509.Name.from_rfc4514_string(text)
+    except ValueError as e:
+        raise ProvisionError(f"bad subject {text!r}: {e}") from None
+
+
+def _open(directory: Path) -> PivCard:
+    store = CardStore(Path(directory))
+    if not store.exists():
+        raise ProvisionError(f"no card in {directory} (create one with `ccidgadget card create`)")
+    try:
+        return PivCard.open(store, inserted=False)
+    except StorageError as e:
+        raise ProvisionError(str(e)) from None
+
+
+def _save(card: PivCard, new_state) -> None:
+    try:
+        card.store.save(new_state.to_dict())
+    except StorageError as e:
+        raise ProvisionError(str(e)) from None
+    card.state = new_state
+
+
+# -- commands -----------------------------------------------------------------
+
+def create_card(directory: Path, *, pin: str = DEFAULT_PIN, puk: str = DEFAULT_PUK,
+                mgmt_key: bytes = DEFAULT_MANAGEMENT_KEY,
+                mgmt_alg: MANAGEMENT_ALGORITHM = DEFAULT_MANAGEMENT_ALGORITHM,
+                serial: int | None = None) -> PivCard:
+    try:
+        return PivCard.create(CardStore(Path(directory)), pin=pin, puk=puk, mgmt_key=mgmt_key,
+                              mgmt_alg=mgmt_alg, serial=serial, inserted=False)
+    except FileExistsError as e:
+        raise ProvisionError(str(e)) from None
+    except (ValueError, StorageError) as e:
+        raise ProvisionError(str(e)) from None
+
+
+def _policies(slot: int, pin_policy: PIN_POLICY | None, touch: TOUCH_POLICY | None):
+    return (pin_policy if pin_policy not in (None, PIN_POLICY.DEFAULT) else default_pin_policy(slot),
+            touch if touch not in (None, TOUCH_POLICY.DEFAULT) else TOUCH_POLICY.NEVER)
+
+
+def import_key(directory: Path, slot: int, path: Path, *, password: str | None = None,
+               pin_policy: PIN_POLICY | None = None, touch_policy: TOUCH_POLICY | None = None) -> SlotKey:
+    """Put a key (and its certificate, if the file has one) into `slot`."""
+    card = _open(directory)
+    try:
+        bundle = load_key_and_cert(path, password)
+    except KeyLoadError as e:
+        raise ProvisionError(str(e)) from None
+    new = card.state.clone()
+    pp, tp = _policies(slot, pin_policy, touch_policy)
+    entry = SlotKey(bundle.key, pp, tp, ORIGIN.IMPORTED)
+    new.keys[slot] = entry
+    if bundle.certificate is not None:
+        der = bundle.certificate.public_bytes(serialization.Encoding.DER)
+        new.objects[certificate_object_for(slot)] = objects.make_certificate_object(der)
+    _save(card, new)
+    return entry
+
+
+def generate_key(directory: Path, slot: int, algorithm: ALGORITHM, *, subject: str | None = None,
+                 csr_out: Path | None = None, days: int = 365, pin_policy: PIN_POLICY | None = None,
+                 touch_policy: TOUCH_POLICY | None = None) -> SlotKey:
+    """Generate a key in `slot`; store a self-signed certificate, or write a CSR to `csr_out`."""
+    card = _open(directory)
+    name = parse_subject(subject or f"/CN=ccidgadget {slot:02x}")
+    if algorithm == ALGORITHM.X25519 and (csr_out is not None or subject is not None):
+        raise ProvisionError("an X25519 key cannot sign a certificate or CSR (omit --subject/--csr)")
+    key = CardKey.generate(algorithm)
+    new = card.state.clone()
+    pp, tp = _policies(slot, pin_policy, touch_policy)
+    entry = SlotKey(key, pp, tp, ORIGIN.GENERATED)
+    new.keys[slot] = entry
+    if algorithm != ALGORITHM.X25519:
+        if csr_out is not None:
+            csr = objects.certificate_request(key, name)
+            try:
+                Path(csr_out).write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+            except OSError as e:
+                raise ProvisionError(f"cannot write {csr_out}: {e.strerror or e}") from None
+        else:
+            cert = objects.self_signed_certificate(key, name, days)
+            new.objects[certificate_object_for(slot)] = objects.make_certificate_object(
+                cert.public_bytes(serialization.Encoding.DER))
+    _save(card, new)
+    return entry
+
+
+def show_card(directory: Path) -> dict:
+    """What is on the card (no secrets: no PIN, PUK, management key or private key)."""
+    card = _open(directory)
+    s = card.state
+    slots = {}
+    for slot in sorted(set(s.keys) | {sl for sl in KEY_SLOTS if certificate_object_for(sl) in s.objects}):
+        info: dict = {}
+        entry = s.keys.get(slot)
+        if entry is not None:
+            info.update(algorithm=entry.key.algorithm.cli_name, pin_policy=entry.pin_policy.name.lower(),
+                        touch_policy=entry.touch_policy.name.lower(), origin=entry.origin.name.lower())
+        cert = objects.parse_certificate_object(s.objects.get(certificate_object_for(slot), b""))
+        if cert is not None:
+            info.update(subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
+                        not_after=cert.not_valid_after_utc.isoformat())
+        slots[f"{slot:02x}"] = info
+    return {
+        "type": "piv", "directory": str(card.store.directory), "serial": s.serial, "created": s.created,
+        "pin": {"tries_left": s.pin.tries_left, "max_tries": s.pin.max_tries, "default": s.pin.is_default},
+        "puk": {"tries_left": s.puk.tries_left, "max_tries": s.puk.max_tries, "default": s.puk.is_default},
+        "management_key": {"algorithm": s.management.algorithm.name.lower(), "default": s.management.is_default},
+        "slots": slots,
+        "objects": sorted(f"{t:X}" for t in s.objects),
+    }
+
+
+def change_pin(directory: Path, old: str, new: str, *, which: str = "pin") -> None:
+    """Offline CHANGE REFERENCE DATA: the old value is checked with the retry counter, as on the card."""
+    card = _open(directory)
+    try:
+        old_block, new_block = piv_pad(old), piv_pad(new)
+    except ValueError as e:
+        raise ProvisionError(str(e)) from None
+    slot = card.state.pin if which == "pin" else card.state.puk
+    try:
+        slot.verify(old_block, lambda: card.store.save(card.state.to_dict()))
+    except ApduError as e:
+        if e.sw == 0x6983:
+            raise ProvisionError(f"the {which.upper()} is blocked") from None
+        raise ProvisionError(f"wrong {which.upper()}, {e.sw & 0x0F} tries left") from None
+    except StorageError as e:
+        raise ProvisionError(str(e)) from None
+    new_state = card.state.clone()
+    target = new_state.pin if which == "pin" else new_state.puk
+    target.set(new_block, is_default=new_block == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK))
+    _save(card, new_state)
+
+
+# -- argparse -------------------------------------------------------------------
+
+def _read_secret(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise ProvisionError(f"expected a value on standard input ({prompt.strip()})")
+    return line.rstrip("\r\n")
+
+
+def _print_show(info: dict) -> None:
+    print(f"PIV card {info['serial']} in {info['directory']} (created {info['created']})")
+    for name in ("pin", "puk"):
+        p = info[name]
+        print(f"  {name.upper()}: {p['tries_left']}/{p['max_tries']} tries left"
+              + (" (DEFAULT value)" if p["default"] else ""))
+    m = info["management_key"]
+    print(f"  management key: {m['algorithm']}" + (" (DEFAULT value: change it)" if m["default"] else ""))
+    for slot, s in info["slots"].items():
+        desc = ", ".join(f"{k}={v}" for k, v in s.items())
+        print(f"  slot {slot}: {desc}")
+    print(f"  objects: {' '.join(info['objects'])}")
+
+
+def _cmd(fn):
+    def run(args) -> int:
+        try:
+            fn(args)
+            return 0
+        except ProvisionError as e:
+            print(f"ccidgadget card: {e}", file=sys.stderr)
+            return 1
+    return run
+
+
+@_cmd
+def _create(args) -> None:
+    key = bytes.fromhex(args.mgmt_key) if args.mgmt_key else DEFAULT_MANAGEMENT_KEY
+    card = create_card(args.dir, pin=args.pin or DEFAULT_PIN, puk=args.puk or DEFAULT_PUK, mgmt_key=key,
+                       mgmt_alg=parse_management_algorithm(args.mgmt_alg), serial=args.serial)
+    print(f"created PIV card {card.state.serial} in {args.dir}")
+
+
+@_cmd
+def _import(args) -> None:
+    entry = import_key(args.dir, parse_slot(args.slot), Path(args.file), password=args.password,
+                       pin_policy=PIN_POLICY[args.pin_policy.upper()] if args.pin_policy else None,
+                       touch_policy=TOUCH_POLICY[args.touch_policy.upper()] if args.touch_policy else None)
+    print(f"imported {entry.key.algorithm.cli_name} key into slot {args.slot}")
+
+
+@_cmd
+def _generate(args) -> None:
+    entry = generate_key(args.dir, parse_slot(args.slot), parse_algorithm(args.algorithm), subject=args.subject,
+                         csr_out=Path(args.csr) if args.csr else None, days=args.days,
+                         pin_policy=PIN_POLICY[args.pin_policy.upper()] if args.pin_policy else None,
+                         touch_policy=TOUCH_POLICY[args.touch_policy.upper()] if args.touch_policy else None)
+    print(f"generated {entry.key.algorithm.cli_name} key in slot {args.slot}"
+          + (f"; CSR written to {args.csr}" if args.csr else "; self-signed certificate stored"))
+
+
+@_cmd
+def _show(args) -> None:
+    info = show_card(args.dir)
+    if args.json:
+        import json
+        print(json.dumps(info, indent=2))
+    else:
+        _print_show(info)
+
+
+@_cmd
+def _change_pin(args) -> None:
+    which = "puk" if args.puk else "pin"
+    old = args.old if args.old is not None else _read_secret(f"current {which.upper()}: ")
+    new = args.new if args.new is not None else _read_secret(f"new {which.upper()}: ")
+    change_pin(args.dir, old, new, which=which)
+    print(f"{which.upper()} changed")
+
+
+def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
+    """Register `card create|import|generate|show|change-pin` under the CLI's subparsers."""
+    card = subparsers.add_parser("card", help="create and provision emulated cards (offline)",
+                                 description=__doc__.split("\n\n")[0])
+    sub = card.add_subparsers(dest="card_command", required=True, metavar="COMMAND")
+    policies = [p.name.lower() for p in PIN_POLICY], [t.name.lower() for t in TOUCH_POLICY]
+
+    p = sub.add_parser("create", help="create a PIV card directory")
+    p.add_argument("--dir", type=Path, required=True, help="card state directory (created, mode 0700)")
+    p.add_argument("--pin", help=f"initial PIN, 6-8 characters (default {DEFAULT_PIN})")
+    p.add_argument("--puk", help=f"initial PUK, 6-8 characters (default {DEFAULT_PUK})")
+    p.add_argument("--mgmt-key", help="management key in hex (default: the well-known default key)")
+    p.add_argument("--mgmt-alg", default="3des", help="3des (default), aes128, aes192 or aes256")
+    p.add_argument("--serial", type=int, help="card serial number (default: random 8 digits)")
+    p.set_defaults(func=_create)
+
+    p = sub.add_parser("import", help="import a key (+ certificate) from PEM, DER or PKCS#12")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--slot", required=True, help="9a, 9c, 9d, 9e or 82..95")
+    p.add_argument("file")
+    p.add_argument("--password", help="password of an encrypted key or PKCS#12 file")
+    p.add_argument("--pin-policy", choices=policies[0])
+    p.add_argument("--touch-policy", choices=policies[1])
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("generate", help="generate a key with a self-signed certificate or a CSR")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--slot", required=True)
+    p.add_argument("--algorithm", required=True, help=", ".join(a.cli_name for a in ALGORITHM))
+    p.add_argument("--subject", help='certificate subject, "/CN=name/O=org" or "CN=name,O=org"')
+    p.add_argument("--csr", metavar="OUT", help="write a PEM CSR here instead of storing a self-signed certificate")
+    p.add_argument("--days", type=int, default=365, help="validity of the self-signed certificate")
+    p.add_argument("--pin-policy", choices=policies[0])
+    p.add_argument("--touch-policy", choices=policies[1])
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("show", help="show the card (no secrets)")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("change-pin", help="change the PIN (or PUK) offline; values from stdin unless given")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--puk", action="store_true", help="change the PUK instead of the PIN")
+    p.add_argument("--old", help="current value (prefer standard input: options show in `ps`)")
+    p.add_argument("--new", help="new value")
+    p.set_defaults(func=_change_pin)
+    return card
+
+
+__all__ = ["add_card_subcommands", "create_card", "import_key", "generate_key", "show_card", "change_pin",
+           "ProvisionError", "parse_slot", "parse_algorithm", "parse_subject", "SLOT", "OBJECT_ID"]
