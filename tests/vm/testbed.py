@@ -70,7 +70,8 @@ OUTPUT_FILE = "vm-output.log"
 CONSOLE_FILE = "console.log"
 QEMU_LOG_FILE = "qemu.log"
 
-#: host environment variables passed into the guest (if set)
+#: host environment variables passed into the guest (if set). Not PYTHONDONTWRITEBYTECODE:
+#: in the guest .pyc files go to the tmpfs overlay, and compiling is slow under TCG.
 PASSTHROUGH_ENV = (
     "PATH",
     "CI",
@@ -82,7 +83,6 @@ PASSTHROUGH_ENV = (
     "LC_ALL",
     "PYTEST_ADDOPTS",
     "PYTHONHASHSEED",
-    "PYTHONDONTWRITEBYTECODE",
     "GITHUB_ACTIONS",
     "HYPOTHESIS_PROFILE",
 )
