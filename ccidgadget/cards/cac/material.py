@@ -171,15 +171,17 @@ def export_nss_credential(db: str, nickname: str, password: str | None) -> CacCr
 def load_file_credential(path: str | Path, password: str | None) -> CacCredential:
     """A PEM/DER/PKCS#12 file holding one private key and its certificate."""
     source = str(path)
-    try:
-        bundle = load_key_and_cert(path, None)
-    except KeyLoadError as first:
-        if password is None:
-            raise CacMaterialError(str(first)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # BER PKCS#12 from pk12util, as above
         try:
-            bundle = load_key_and_cert(path, password)
-        except KeyLoadError as e:
-            raise CacMaterialError(str(e)) from None
+            bundle = load_key_and_cert(path, None)
+        except KeyLoadError as first:
+            if password is None:
+                raise CacMaterialError(str(first)) from None
+            try:
+                bundle = load_key_and_cert(path, password)
+            except KeyLoadError as e:
+                raise CacMaterialError(str(e)) from None
     if bundle.certificate is None:
         raise CacMaterialError(f"{source}: no certificate in the file (put the key and its certificate "
                                "in one PEM file, or use PKCS#12)")
