@@ -477,12 +477,14 @@ class Reader:
             return
         self._send_response_apdu(slot, pending.seq, data)
 
-    def card_failed(self, token: int, error: SlotError | int) -> None:
+    def card_failed(self, token: int, error: SlotError | int, *, absent: bool = False) -> None:
         """The engine could not answer request `token`; the host gets `error` as bError.
 
-        For a card that turned out to be absent, call `set_card_present(slot,
-        False)` (which answers ICC_MUTE with ICC status "absent" itself) or pass
-        ICC_MUTE after it.
+        The ICC status in the answer is the slot's: for a card that turned out
+        to be gone, pass ``absent=True`` (or call `set_card_present(slot, False)`
+        first, which answers the pending command with ICC_MUTE / "absent" itself):
+        the slot is then marked empty, a NotifySlotChange is queued and the host
+        sees `error` (normally ICC_MUTE) with ICC status 2.
         """
         error = int(error)
         if not 0 <= error <= 0xFF:
@@ -493,6 +495,8 @@ class Reader:
         slot = self._slots[pending.slot]
         if pending.kind is _Request.POWER_ON:
             slot.powered = False
+        if absent:
+            self.set_card_present(slot.index, False)
         self._fail_pending(slot, pending, error)
 
     def time_extension(self, slot: int) -> None:

@@ -237,3 +237,29 @@ def test_power_on_pending_blocks_only_its_slot():
     host.reader.card_answer(event.token, b"\x3b\x00")
     (resp,) = host.drain()
     assert (resp.slot, resp.status, resp.data) == (0, OK_ACTIVE, b"\x3b\x00")
+
+
+def test_card_failed_absent():
+    host = Host()
+    host.insert()
+    assert host.reader.pop_interrupt() == b"\x50\x03"
+    host.power_on()
+    host.send(xfr(APDU, seq=5))
+    token = host.transmit_pending().token
+    host.reader.card_failed(token, SlotError.ICC_MUTE, absent=True)
+    (resp,) = host.drain()
+    assert (resp.seq, resp.status, resp.error) == (5, FAILED_ABSENT, ICC_MUTE)
+    assert host.take(Cancel) == []  # answered, not cancelled
+    assert host.take(InterruptPending) == [InterruptPending()]
+    assert host.reader.pop_interrupt() == b"\x50\x02"
+    assert not host.reader.slot_state(0).present
+
+
+def test_card_failed_absent_during_power_on():
+    host = Host()
+    host.insert()
+    host.send(cmd(ICC_POWER_ON, seq=3))
+    (event,) = host.take(PowerOn)
+    host.reader.card_failed(event.token, SlotError.ICC_MUTE, absent=True)
+    (resp,) = host.drain()
+    assert (resp.message_type, resp.seq, resp.status, resp.error) == (DATA_BLOCK, 3, FAILED_ABSENT, ICC_MUTE)
