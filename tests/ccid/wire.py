@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ccidgadget.ccid import BulkIn, Cancel, InterruptPending, PowerOff, PowerOn, Reader, ReaderConfig, Transmit
+from ccidgadget.ccid import BulkIn, InterruptPending, PowerOn, Reader, ReaderConfig, Transmit
 
 # bMessageType values, spelled out (§6.1, §6.2)
 SET_PARAMETERS, ICC_POWER_ON, ICC_POWER_OFF, GET_SLOT_STATUS = 0x61, 0x62, 0x63, 0x65
