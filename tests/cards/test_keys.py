@@ -174,3 +174,19 @@ def test_load_unsupported_and_missing(tmp_path):
         load_key_and_cert(f)
     with pytest.raises(KeyLoadError, match="cannot read"):
         load_key_and_cert(tmp_path / "absent.pem")
+
+
+def test_rsa_fast_path_matches_blinded_path(rsa_key):
+    import os
+    from ccidgadget.cards import keys
+    for prefix, size in ((SHA256_PREFIX, 32), (bytes.fromhex("3021300906052b0e03021a05000414"), 20)):
+        block = pkcs1_block(prefix + os.urandom(size), 256)
+        assert keys._pkcs1_digest_info(block) is not None
+        assert rsa_key.sign_raw_rsa(block) == rsa_key._rsa_private(block)
+    # not a DigestInfo (e.g. a TLS 1.0 MD5+SHA1 block): the CRT path, still a valid raw operation
+    block = pkcs1_block(os.urandom(36), 256)
+    assert keys._pkcs1_digest_info(block) is None
+    sig = rsa_key.sign_raw_rsa(block)
+    n = rsa_key.public_key.public_numbers()
+    assert pow(int.from_bytes(sig, "big"), n.e, n.n) == int.from_bytes(block, "big")
+    assert keys._pkcs1_digest_info(b"\x00\x01\xff\x00" + SHA256_PREFIX + bytes(32)) is None   # short padding
