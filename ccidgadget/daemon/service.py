@@ -91,6 +91,9 @@ class ReaderService:
         """Connect (or with None, disconnect) the USB side."""
         self.transport = transport
         self._flush()
+        if transport is not None:
+            # Interrupt messages queued while no host was there wait in the core.
+            transport.interrupt_pending()
 
     # -- from the USB side ----------------------------------------------------
     def bulk_out(self, data: bytes, *, transfer_end: bool = False) -> None:
@@ -128,9 +131,10 @@ class ReaderService:
                 if self.transport is not None:
                     self.transport.interrupt_pending()
             elif isinstance(event, PowerOn):
-                self._start(event.slot, event.token, self._power_on(event.slot))
+                self._start(event.slot, event.token, lambda slot=event.slot: self._power_on(slot))
             elif isinstance(event, Transmit):
-                self._start(event.slot, event.token, self._transmit(event.slot, event.apdu))
+                self._start(event.slot, event.token,
+                            lambda e=event: self._transmit(e.slot, e.apdu))
             elif isinstance(event, PowerOff):
                 asyncio.get_running_loop().create_task(self._power_off(event.slot))
             elif isinstance(event, Cancel):
@@ -141,9 +145,11 @@ class ReaderService:
                     if pending.timer:
                         pending.timer.cancel()
 
-    def _start(self, slot: int, token: int, coro) -> None:
+    def _start(self, slot: int, token: int, work) -> None:
+        # `work` makes the coroutine only when the task runs, so a request
+        # cancelled before it starts leaves no un-awaited coroutine behind.
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._complete(slot, token, coro))
+        task = loop.create_task(self._complete(slot, token, work))
         pending = _Pending(task)
         self._pending[token] = (slot, pending)
         pending.timer = loop.call_later(self.time_extension_interval, self._time_extension, token)
@@ -178,10 +184,10 @@ class ReaderService:
         except Exception:
             log.exception("slot %d: power off failed", slot)
 
-    async def _complete(self, slot: int, token: int, coro) -> None:
+    async def _complete(self, slot: int, token: int, work) -> None:
         try:
             try:
-                data = await coro
+                data = await work()
             except asyncio.CancelledError:
                 return
             except CardError as e:
@@ -212,9 +218,9 @@ class ReaderService:
         else:                               # absent and mute both look mute to the host
             code = SlotError.ICC_MUTE
         if entry is not None:
-            self.reader.card_failed(token, code)
-        if isinstance(error, CardAbsent) and self.cards[slot].present is False:
-            self.reader.set_card_present(slot, False)
+            # An engine that lost its card (client gone, card pulled) empties
+            # the slot at once: the host sees the removal, not just a mute card.
+            self.reader.card_failed(token, code, absent=isinstance(error, CardAbsent))
 
     # -- status -------------------------------------------------------------
     def describe(self) -> list[dict]:

@@ -126,6 +126,9 @@ class CCIDFunction(functionfs.Function):
                  extra={"event": "enable"})
         self.service.attach(self)
         self.service.usb_reset()
+        # The core reports every slot's state after a reset; its interrupt
+        # queue may have filled while we were disabled, so start the pipe.
+        self.interrupt_pending()
         self.on_state("enabled")
 
     def onDisable(self):
