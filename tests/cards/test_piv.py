@@ -187,6 +187,12 @@ def test_mutual_authentication_each_algorithm(tmp_path, alg, key):
     wrong = bytes(len(key))
     assert h.authenticate(wrong, alg) == 0x6982
     assert not card.applet.mgmt_authenticated
+    # yubico-piv-tool's form of step 2 has no empty 82 tag
+    witness = unwrap(unwrap(h.send(0x87, alg, 0x9B, tlv(0x7C, tlv(0x80)))[0], 0x7C), 0x80)
+    d = mgmt_cipher(alg, key).decryptor()
+    out, sw = h.send(0x87, alg, 0x9B, tlv(0x7C, tlv(0x80, d.update(witness) + d.finalize())
+                                           + tlv(0x81, bytes(len(witness)))))
+    assert sw == 0x9000 and card.applet.mgmt_authenticated
     other = 0x08 if alg != 0x08 else 0x0C
     assert h.send(0x87, other, 0x9B, tlv(0x7C, tlv(0x80)))[1] == 0x6A86
 

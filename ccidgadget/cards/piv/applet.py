@@ -318,8 +318,10 @@ class PivApplet(Applet):
         if not alg:
             raise ApduError(SW.INCORRECT_P1P2)
         self.mgmt_authenticated = False
-        if keys == {TAG_WITNESS, TAG_CHALLENGE, TAG_RESPONSE} and not t[TAG_RESPONSE]:
-            # Mutual authentication step 2: host returns the decrypted witness and its challenge.
+        if keys in ({TAG_WITNESS, TAG_CHALLENGE}, {TAG_WITNESS, TAG_CHALLENGE, TAG_RESPONSE}) \
+                and not t.get(TAG_RESPONSE):
+            # Mutual authentication step 2: host returns the decrypted witness and its challenge
+            # (SP 800-73-4 asks for an empty 82; yubico-piv-tool leaves it out).
             if len(t[TAG_WITNESS]) != block or len(t[TAG_CHALLENGE]) != block:
                 raise ApduError(SW.WRONG_DATA)
             if pending is None or pending[0] != "mutual":
