@@ -404,7 +404,8 @@ class Daemon:
             raise
         try:
             await self.service.start()
-            self.function = CCIDFunction(str(mount), self.service, on_state=self._on_usb_state)
+            self.function = CCIDFunction(str(mount), self.service, on_state=self._on_usb_state,
+                                         interface_name=self.options.identity.product)
             self.function.__enter__()
             try:
                 loop.add_reader(self.function.eventfd.fileno(), self._process_usb_events)
