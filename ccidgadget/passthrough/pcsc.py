@@ -103,9 +103,15 @@ class PcscCard(Card):
 
     async def stop(self) -> None:
         self._stopping.set()
-        with self._watch_ctx_lock:
-            if self._watch_ctx is not None:
-                self.s.SCardCancel(self._watch_ctx)
+
+        def cancel() -> None:
+            with self._watch_ctx_lock:
+                if self._watch_ctx is not None:
+                    self.s.SCardCancel(self._watch_ctx)
+
+        if self._watch_future is not None:
+            # An IPC to pcscd: not on the event loop thread.
+            await asyncio.get_running_loop().run_in_executor(None, cancel)
         if self._watch_future is not None:
             try:
                 await self._watch_future
