@@ -7,7 +7,6 @@ import struct
 
 import pytest
 
-from ccidgadget.cards.base import CardMute
 from ccidgadget.cards.iso import IsoCard
 from ccidgadget.frontends import vpcd_client
 from ccidgadget.frontends.vpcd_client import main_vpcd_card, serve_card_to_vpcd
