@@ -76,10 +76,13 @@ def guest_demo() -> int:
         try:
             wait_for(lambda: Path("/run/pcscd/pcscd.comm").exists(), 30, "pcscd start")
             time.sleep(2)
-            show(["opensc-tool", "--list-readers"])
-            show(["opensc-tool", "--reader", "0", "--atr"])
-            show(["opensc-tool", "--reader", "0", "--name"])
-            show(["pkcs15-tool", "--reader", "0", "--dump"], timeout=120)
+            listing = show(["opensc-tool", "--list-readers"])
+            # vsmartcard-vpcd, when installed, adds "Virtual PCD" readers before ours.
+            index = next((line.split()[0] for line in listing.splitlines()
+                          if "ccidgadget" in line and line.split()[0].isdigit()), "0")
+            show(["opensc-tool", "--reader", index, "--atr"])
+            show(["opensc-tool", "--reader", index, "--name"])
+            show(["pkcs15-tool", "--reader", index, "--dump"], timeout=120)
             if shutil.which("yubico-piv-tool"):
                 show(["yubico-piv-tool", "-r", "ccidgadget", "-a", "status"], timeout=120)
         finally:
