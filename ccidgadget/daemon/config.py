@@ -339,7 +339,7 @@ class _Validator:
             return None
         try:
             grp.getgrnam(value)
-        except KeyError:
+        except (KeyError, ValueError):      # ValueError: a NUL in the name (found by fuzzing)
             self.error(key, f"no group named {value!r} on this system; allowed: an existing group "
                             f"(create it with 'groupadd {value}') or no key for root only")
             return None
