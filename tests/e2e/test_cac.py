@@ -9,12 +9,14 @@ Three card configurations, each with its own daemon, pcscd and state directory:
   ``--db sql:DIR --cert id-cert --cert signing-cert --cert encryption-cert``;
 * ``pem``: three PEM files (key + certificate) made with ``openssl req`` (other keys and subjects, the
   signing key 3072 bits), passed as ``--cert FILE`` three times;
-* ``p12``: the database's three PKCS#12 exports (``pk12util -W ''``, docs/cac.md's one-liner).
+* ``p12``: three PKCS#12 files: the database's ``id-cert`` exported with docs/cac.md's one-liner
+  (``pk12util -W ''``, 600000 PBKDF2 iterations) and the other two PEM pairs as ``openssl pkcs12 -export``.
 
 For each: ``opensc-tool -n`` says CAC, ``pkcs15-tool -D`` and ``pkcs11-tool -O`` list three
 certificates and keys with libcacard's labels and the right subjects, the certificates read back are the
-input's, a ``pkcs11-tool --sign`` signature with each key verifies with ``openssl``, and an ``openssl
-pkeyutl -encrypt`` ciphertext decrypts with ``pkcs11-tool --decrypt``.
+input's (and the NSS ones are issued by QEMU's CA), a ``pkcs11-tool --sign`` signature verifies with
+``openssl`` (every key for the NSS database, the signature key for the files), and an ``openssl pkeyutl
+-encrypt`` ciphertext decrypts with ``pkcs11-tool --decrypt``.
 
 A fourth configuration (PEM input, fresh state directory) takes the abuse: raw APDUs with bad parameters get
 the status words docs/cac.md documents, a wrong PIN counts down (63C2, 63C1, 63C0), the right PIN resets
@@ -99,14 +101,15 @@ def material(tmp_path_factory):
     _run(["certutil", "-L", "-r", "-d", db, "-o", str(root / "fake-smartcard-ca.cer"), "-n", "fake-smartcard-ca"])
     _run(["openssl", "x509", "-inform", "der", "-in", str(root / "fake-smartcard-ca.cer"),
           "-out", str(root / "ca.pem")])
-    nss_der, p12 = [], []
+    nss_der = []
     for nick in NICKNAMES:
         der = root / f"{nick}.der"
         _run(["certutil", "-L", "-r", "-d", db, "-n", nick, "-o", str(der)])
         nss_der.append(der.read_bytes())
-        # docs/cac.md: "for n in id-cert signing-cert encryption-cert; do pk12util ... -W ''; done"
-        _run(["pk12util", "-d", db, "-n", nick, "-o", str(root / f"{nick}.p12"), "-W", ""])
-        p12.append(str(root / f"{nick}.p12"))
+    # docs/cac.md: "for n in id-cert signing-cert encryption-cert; do pk12util ... -W ''; done" (one of
+    # them: loading pk12util's 600000-iteration files is slow under TCG, and --db covers pk12util too)
+    p12 = [str(root / "id-cert.p12")]
+    _run(["pk12util", "-d", db, "-n", "id-cert", "-o", p12[0], "-W", ""])
     pem, pem_der = [], []
     for i, (cn, bits) in enumerate(zip(PEM_SUBJECTS, PEM_BITS)):
         key, cert = root / f"pem{i}.key", root / f"pem{i}.crt"
@@ -116,15 +119,23 @@ def material(tmp_path_factory):
         both.write_bytes(key.read_bytes() + cert.read_bytes())
         pem.append(str(both))
         pem_der.append(_run(["openssl", "x509", "-in", str(cert), "-outform", "der"]).stdout)
+        if i > 0:
+            p12.append(str(root / f"pem{i}.p12"))
+            _run(["openssl", "pkcs12", "-export", "-inkey", str(key), "-in", str(cert), "-name", cn,
+                  "-passout", "pass:", "-out", p12[-1]])
     # no OpenSC file cache: every configuration is a new card and every run reads the card
     conf = root / "opensc.conf"
     conf.write_text("app default {\n framework pkcs15 {\n  use_file_caching = no;\n }\n}\n")
+    ca = x509.load_pem_x509_certificate((root / "ca.pem").read_bytes())
     return types.SimpleNamespace(
-        root=root, db=db, ca_pem=root / "ca.pem", opensc_conf=conf,
+        root=root, db=db, opensc_conf=conf,
         sources={
-            "nss": (["--db", db, *sum((["--cert", n] for n in NICKNAMES), [])], NSS_SUBJECTS, nss_der, root / "ca.pem"),
-            "pem": (sum((["--cert", p] for p in pem), []), PEM_SUBJECTS, pem_der, None),
-            "p12": (sum((["--cert", p] for p in p12), []), NSS_SUBJECTS, nss_der, root / "ca.pem"),
+            # (daemon arguments, subject CNs, certificate DERs, issuing CA or None) per configuration
+            "nss": (["--db", db, *sum((["--cert", n] for n in NICKNAMES), [])], NSS_SUBJECTS, nss_der,
+                    [ca] * 3),
+            "pem": (sum((["--cert", p] for p in pem), []), PEM_SUBJECTS, pem_der, [None] * 3),
+            "p12": (sum((["--cert", p] for p in p12), []), (NSS_SUBJECTS[0], *PEM_SUBJECTS[1:]),
+                    [nss_der[0], *pem_der[1:]], [ca, None, None]),
         })
 
 
@@ -142,9 +153,9 @@ def module_log_dir(tmp_path_factory) -> Path:
 class CardBed:
     """One card configuration: the daemon on its own state directory, a pcscd, our reader."""
 
-    def __init__(self, e2e, name: str, args: list[str], subjects, ders, ca_pem, work: Path, log_dir: Path,
+    def __init__(self, e2e, name: str, args: list[str], subjects, ders, cas, work: Path, log_dir: Path,
                  opensc_conf):
-        self.e2e, self.name, self.subjects, self.ders, self.ca_pem = e2e, name, subjects, ders, ca_pem
+        self.e2e, self.name, self.subjects, self.ders, self.cas = e2e, name, subjects, ders, cas
         self.work, self.log_dir = work, log_dir
         self.args = ["--card", "emulated", "--type", "cac", *args, "--state-dir", str(work / "state"),
                      "--log-level", "debug"]
@@ -156,6 +167,7 @@ class CardBed:
 
     def start(self) -> "CardBed":
         self.starts += 1
+        self._objects = None
         self.daemon = self.e2e.DaemonProcess(self.args, self.log_dir / f"ccidgadget-{self.name}-{self.starts}.log")
         self.daemon.wait_bound(120)
         self.pcscd.restart()             # no udev in the guest: pcscd sees the reader when it starts
@@ -213,14 +225,25 @@ class CardBed:
         return self.run("pkcs11-tool", *argv, check=check)
 
     def objects(self) -> list[dict]:
-        """``pkcs11-tool --login -O`` as a list of {"kind": ..., "label": ..., ...}."""
-        return parse_pkcs11_objects(self.pkcs11("--login", "--pin", PIN, "-O"))
+        """``pkcs11-tool --login -O`` as a list of {"kind": ..., "label": ..., ...} (once per start)."""
+        if self._objects is None:
+            self._objects = parse_pkcs11_objects(self.pkcs11("--login", "--pin", PIN, "-O"))
+        return self._objects
+
+    def public_key_file(self, index: int, out: Path) -> None:
+        """The public key of input certificate `index` (what test_certificates_are_the_inputs read back)."""
+        der = self.work / f"input{index}.der"
+        der.write_bytes(self.ders[index])
+        self.run("openssl", "x509", "-inform", "der", "-in", str(der), "-pubkey", "-noout", "-out", str(out))
+
+    def certificates(self) -> list[dict]:
+        return [o for o in self.objects() if o["kind"] == "Certificate"]
 
     # -- raw APDUs with pyscard
 
-    def connect(self):
+    def connect(self, disposition=None):
         conn = self.reader.createConnection()
-        conn.connect()
+        conn.connect(disposition=disposition)
 
         def raw(apdu: bytes):
             data, sw1, sw2 = conn.transmit(list(apdu))
@@ -228,8 +251,10 @@ class CardBed:
         return conn, with_get_response(raw)
 
     def pin_status(self) -> int:
-        """SW of an empty VERIFY in PKI applet 0 after a fresh connection (63Cx tries left, 6983 blocked)."""
-        conn, tx = self.connect()
+        """SW of an empty VERIFY in PKI applet 0 (9000 verified, 63Cx tries left, 6983 blocked); then reset
+        the card. (OpenSC leaves the card as it is when it disconnects, so a PIN it verified stays verified.)"""
+        from smartcard.scard import SCARD_RESET_CARD
+        conn, tx = self.connect(disposition=SCARD_RESET_CARD)
         try:
             assert tx(select_aid(pki_aid(0)))[1] == 0x9000
             return tx(bytes.fromhex("00200000"))[1]
@@ -252,8 +277,8 @@ def parse_pkcs11_objects(text: str) -> list[dict]:
 
 
 def _bed(request, material, e2e, module_log_dir, tmp_path_factory, name: str, source: str):
-    args, subjects, ders, ca_pem = material.sources[source]
-    bed = CardBed(e2e, name, args, subjects, ders, ca_pem, tmp_path_factory.mktemp(f"cac-{name}"), module_log_dir,
+    args, subjects, ders, cas = material.sources[source]
+    bed = CardBed(e2e, name, args, subjects, ders, cas, tmp_path_factory.mktemp(f"cac-{name}"), module_log_dir,
                   material.opensc_conf)
     try:
         bed.start()
@@ -277,6 +302,7 @@ def bed(request, material, e2e, module_log_dir, tmp_path_factory):
 
 class CardChecks:
     NAME = SOURCE = ""
+    SIGN_WITH = (CAC_LABELS[1],)              # the keys test_sign_verifies_with_openssl uses
 
     def test_opensc_says_cac(self, bed):
         out = bed.run("opensc-tool", "--reader", bed.index, "-n")
@@ -290,6 +316,9 @@ class CardChecks:
         assert dump.count("X.509 Certificate [") == 3, dump
         assert dump.count("Private RSA Key [") == 3, dump
         assert bed.subjects[0] in dump, dump                      # token label: CN of the first certificate
+        for der in bed.ders:                                      # key sizes (the PEM signing key: 3072)
+            bits = x509.load_der_x509_certificate(der).public_key().key_size
+            assert re.search(rf"ModLength\s*:\s*{bits}\b", dump), (bits, dump)
 
     def test_pkcs11_lists_labels_and_subjects(self, bed):
         objects = bed.objects()
@@ -305,34 +334,38 @@ class CardChecks:
             assert by_label[cert["label"]].get("id") == cert.get("id"), text   # key and certificate pair up
             assert "sign" in by_label[cert["label"]].get("usage", ""), text
 
-    def test_certificates_are_the_inputs_and_sign_verifies(self, bed):
-        certs = [o for o in bed.objects() if o["kind"] == "Certificate"]
+    def test_certificates_are_the_inputs(self, bed):
+        for i, cert in enumerate(bed.certificates()):
+            der = bed.work / f"cert{i}.der"
+            bed.pkcs11("-r", "--type", "cert", "--id", cert["id"], "-o", str(der))
+            assert der.read_bytes() == bed.ders[i], f"certificate {cert['id']} ({cert['label']}) is not the input's"
+            if bed.cas[i] is not None:
+                # issued by QEMU's fake-smartcard-ca. Not `openssl verify`: ccid.rst's CA has no
+                # basicConstraints, and OpenSSL refuses it as a CA ("invalid CA certificate").
+                x509.load_der_x509_certificate(der.read_bytes()).verify_directly_issued_by(bed.cas[i])
+
+    def test_sign_verifies_with_openssl(self, bed):
         data = bed.work / "data"
         data.write_bytes(f"signed by the emulated CAC card ({bed.name})\n".encode())
-        for i, cert in enumerate(certs):
-            cid = cert["id"]
-            der, sig, pub = bed.work / f"cert{i}.der", bed.work / f"sig{i}", bed.work / f"pub{i}.pem"
-            bed.pkcs11("-r", "--type", "cert", "--id", cid, "-o", str(der))
-            assert der.read_bytes() == bed.ders[i], f"certificate {cid} ({cert['label']}) is not the input's"
-            if bed.ca_pem is not None:
-                # issued by QEMU's fake-smartcard-ca. Not `openssl verify`: ccid.rst's CA has no
-                # basicConstraints, and OpenSSL rejects it as a CA ("invalid CA certificate").
-                ca = x509.load_pem_x509_certificate(bed.ca_pem.read_bytes())
-                x509.load_der_x509_certificate(der.read_bytes()).verify_directly_issued_by(ca)
+        signed = 0
+        for i, cert in enumerate(bed.certificates()):
+            if cert["label"] not in self.SIGN_WITH:
+                continue
+            sig, pub = bed.work / f"sig{i}", bed.work / f"pub{i}.pem"
             # pkcs11-tool picks the signing key by --id (it ignores --label for --sign)
-            bed.pkcs11("--login", "--pin", PIN, "--sign", "-m", "SHA256-RSA-PKCS", "--id", cid,
+            bed.pkcs11("--login", "--pin", PIN, "--sign", "-m", "SHA256-RSA-PKCS", "--id", cert["id"],
                        "-i", str(data), "-o", str(sig))
-            bed.run("openssl", "x509", "-inform", "der", "-in", str(der), "-pubkey", "-noout", "-out", str(pub))
+            bed.public_key_file(i, pub)
             out = bed.run("openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(sig), str(data))
-            assert "Verified OK" in out, out
+            assert "Verified OK" in out, (cert["label"], out)
+            signed += 1
+        assert signed == len(self.SIGN_WITH)
 
     def test_decrypt_round_trip(self, bed):
-        certs = {o["label"]: o for o in bed.objects() if o["kind"] == "Certificate"}
-        cid = certs["CAC Email Encryption Certificate"]["id"]
+        i = CAC_LABELS.index("CAC Email Encryption Certificate")
+        cid = bed.certificates()[i]["id"]
         w = bed.work
-        bed.pkcs11("-r", "--type", "cert", "--id", cid, "-o", str(w / "enc.der"))
-        bed.run("openssl", "x509", "-inform", "der", "-in", str(w / "enc.der"), "-pubkey", "-noout",
-                "-out", str(w / "enc.pub"))
+        bed.public_key_file(i, w / "enc.pub")
         secret = os.urandom(32)
         (w / "secret").write_bytes(secret)
         bed.run("openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", str(w / "enc.pub"), "-in", str(w / "secret"),
@@ -342,9 +375,9 @@ class CardChecks:
         assert (w / "secret.dec").read_bytes() == secret
 
 
-
 class TestNssDatabase(CardChecks):
     NAME, SOURCE = "nss", "nss"
+    SIGN_WITH = CAC_LABELS                    # every key of QEMU's database
 
 
 class TestPemFiles(CardChecks):
@@ -379,13 +412,16 @@ class TestStatusWordsAndPinLock:
         assert bed.pin_status() == 0x63C1
         out = bed.pkcs11("--login", "--pin", PIN, "-O")
         assert out.count("Private Key Object") == 3, out
-        assert bed.pin_status() == 0x63C3
+        assert bed.pin_status() == 0x9000          # OpenSC left the card verified; pin_status resets it
+        assert bed.pin_status() == 0x63C3          # and the right PIN had reset the counter
 
     def test_three_wrong_pins_lock_the_card(self, bed):
         for left in (2, 1, 0):
             out = bed.pkcs11("--login", "--pin", WRONG_PIN, "-O", check=False)
             assert bed.last_rc != 0 and ("CKR_PIN_INCORRECT" in out or (left == 0 and "CKR_PIN_LOCKED" in out)), out
-            assert bed.pin_status() == 0x63C0 | left
+            # the card answers the wrong VERIFY itself with 63C2, 63C1, 63C0; an empty VERIFY says 6983
+            # (blocked) once no try is left
+            assert bed.pin_status() == (0x63C0 | left if left else 0x6983)
         out = bed.pkcs11("--login", "--pin", PIN, "-O", check=False)
         assert bed.last_rc != 0 and "CKR_PIN_LOCKED" in out, out
         assert bed.pin_status() == 0x6983
