@@ -34,7 +34,8 @@ def _stdlib_notify(state: str) -> bool:
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.connect(address)
-        sock.sendall(state.encode("utf-8"))
+        # MSG_DONTWAIT: a full queue loses one notification rather than stalling the event loop.
+        sock.send(state.encode("utf-8"), socket.MSG_DONTWAIT)
     return True
 
 
