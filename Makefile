@@ -59,3 +59,60 @@ fuzz: venv
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis
+
+# ---------------------------------------------------------------------------------------------
+# make install / make uninstall: the daemon as a systemd service on Debian 12 / Raspberry Pi OS
+# (bookworm).  See docs/service.md.  Run as root.  The package goes into its own venv under
+# INSTALL_DIR, made from Debian's python3 with --system-site-packages so that Debian's
+# python3-systemd, python3-pyscard and python3-cryptography are used instead of being rebuilt.
+# The configuration (CONF_DIR) and the cards' state (/var/lib/ccidgadget) survive uninstall.
+INSTALL_DIR ?= /opt/ccidgadget
+CONF_DIR    ?= /etc/ccidgadget
+UNIT_DIR    ?= /etc/systemd/system
+MODULES_CONF ?= /etc/modules-load.d/ccidgadget.conf
+BIN_LINK    ?= /usr/local/bin/ccidgadget
+SYS_PYTHON  ?= /usr/bin/python3
+ENABLE      ?= 0
+RUNTIME_APT := python3-venv python3-pip python3-systemd python3-pyscard python3-cryptography pcscd
+
+.PHONY: install uninstall
+
+install:
+	@test "$$(id -u)" = 0 || { echo "make install must run as root (sudo make install)"; exit 1; }
+	@missing=$$(for p in $(RUNTIME_APT); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	aio=$$(apt-cache show libaio1t64 >/dev/null 2>&1 && echo libaio1t64 || echo libaio1); \
+	dpkg-query -W -f='$${Status}\n' $$aio 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$aio"; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+	test -x $(INSTALL_DIR)/venv/bin/python || $(SYS_PYTHON) -m venv --system-site-packages $(INSTALL_DIR)/venv
+	$(INSTALL_DIR)/venv/bin/python -m pip install -q --upgrade .
+	install -d -m 0755 $(INSTALL_DIR)/docs
+	install -m 0644 docs/service.md $(INSTALL_DIR)/docs/service.md
+	ln -sfn $(INSTALL_DIR)/venv/bin/ccidgadget $(BIN_LINK)
+	install -d -m 0755 $(CONF_DIR)
+	install -m 0644 etc/ccidgadget.toml.example $(CONF_DIR)/ccidgadget.toml.example
+	@if [ -e $(CONF_DIR)/ccidgadget.toml ]; then echo "kept your $(CONF_DIR)/ccidgadget.toml"; \
+	else install -m 0644 etc/ccidgadget.toml.example $(CONF_DIR)/ccidgadget.toml && \
+		echo "installed $(CONF_DIR)/ccidgadget.toml (every key commented out: the defaults)"; fi
+	install -m 0644 systemd/ccidgadget.service $(UNIT_DIR)/ccidgadget.service
+	@if grep -qs 'Raspberry Pi' /proc/device-tree/model; then \
+		printf '# ccidgadget: the Pi'"'"'s USB device controller and the configfs gadget framework\ndwc2\nlibcomposite\n' > $(MODULES_CONF); \
+		cfg=/boot/firmware/config.txt; [ -e $$cfg ] || cfg=/boot/config.txt; \
+		grep -qs '^dtoverlay=dwc2' $$cfg || echo "NOTE: add the line 'dtoverlay=dwc2' to $$cfg (under [all]) and reboot: see docs/service.md"; \
+	else printf '# ccidgadget: the configfs gadget framework\nlibcomposite\n' > $(MODULES_CONF); fi
+	@echo "wrote $(MODULES_CONF)"
+	-modprobe libcomposite 2>/dev/null
+	-systemctl daemon-reload
+	$(BIN_LINK) check-config --config $(CONF_DIR)/ccidgadget.toml
+	@if [ "$(ENABLE)" = 1 ]; then systemctl enable --now ccidgadget; \
+	else echo "next: edit $(CONF_DIR)/ccidgadget.toml, then: systemctl enable --now ccidgadget"; fi
+
+uninstall:
+	@test "$$(id -u)" = 0 || { echo "make uninstall must run as root (sudo make uninstall)"; exit 1; }
+	-systemctl disable --now ccidgadget 2>/dev/null
+	-[ -x $(INSTALL_DIR)/venv/bin/ccidgadget ] && $(INSTALL_DIR)/venv/bin/ccidgadget cleanup
+	rm -f $(UNIT_DIR)/ccidgadget.service $(MODULES_CONF) $(BIN_LINK)
+	rm -rf $(INSTALL_DIR)
+	-systemctl daemon-reload
+	@echo "kept $(CONF_DIR) (configuration) and /var/lib/ccidgadget (emulated cards' keys and PINs);"
+	@echo "remove them by hand if you mean to: rm -r $(CONF_DIR) /var/lib/ccidgadget"
