@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """systemd's notification protocol (sd_notify(3)): READY, STATUS, RELOADING, STOPPING, WATCHDOG.
 
-systemd-python's `systemd.daemon.notify` is used when it is installed (the
-`systemd` extra); otherwise a stdlib sender does the same: one datagram to
-the AF_UNIX socket named by $NOTIFY_SOCKET (a leading '@' is the abstract
-namespace).  Without $NOTIFY_SOCKET (not started by systemd, or Type= is not
+Notifications go out through a small stdlib sender: one datagram to the
+AF_UNIX socket named by $NOTIFY_SOCKET (a leading '@' is the abstract
+namespace), sent with MSG_DONTWAIT.  systemd-python's `systemd.daemon.notify`
+(sd_notify) sends blocking, and the daemon calls this from its event loop: a
+notify socket nobody drains would stall USB and every slot.  systemd-python
+still serves the journal (journal.py); its notify is available on request
+(`Notifier(use_systemd_python=True)`).  Without $NOTIFY_SOCKET (not started by systemd, or Type= is not
 notify) every call is a cheap no-op, so the daemon runs the same anywhere.
 
 The watchdog interval comes from $WATCHDOG_USEC (set by WatchdogSec= in the
@@ -59,7 +62,7 @@ class Notifier:
 
     def __init__(self, *, use_systemd_python: bool | None = None) -> None:
         if use_systemd_python is None:
-            use_systemd_python = _sd_daemon is not None
+            use_systemd_python = False          # see the module docstring: never block the loop
         self.backend = "systemd-python" if use_systemd_python and _sd_daemon is not None else "stdlib"
         self.last_status: str | None = None
 
