@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+REPO = Path(__file__).resolve().parents[2]
 PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 #: yubico-piv-tool -r: a substring of the reader name (the vpcd "Virtual PCD" readers come first)
 READER_MATCH = "ccidgadget"
@@ -134,10 +135,11 @@ class PivStack:
     # -- tools -----------------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], check: bool = True, timeout: float = 120,
-            input: str | bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-        """Run a tool in ``work``; stdout and stderr together in ``.stdout`` (text)."""
+            input: str | bytes | None = None, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Run a tool in ``work`` (or ``cwd``); stdout and stderr together in ``.stdout`` (text)."""
         try:
-            p = subprocess.run(list(argv), cwd=self.work, env={**self.env, **(env or {})},
+            p = subprocess.run(list(argv), cwd=cwd or self.work, env={**self.env, **(env or {})},
                                input=input.encode() if isinstance(input, str) else input,
                                stdin=None if input is not None else subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)

