@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..cards.base import Card, CardAbsent, EmulatedCard
+from ..cards.base import Card, EmulatedCard
 from ..ccid import ReaderConfig
 from ..usb.gadget import ConfigfsGadget, ExtraFunction, GadgetError, Identity
 from .control import ControlError, ControlServer
 from .engines import EngineError, SlotSpec, build_card
-from .service import ReaderService, SlotStats
+from .service import ReaderService
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ class DaemonOptions:
     log_level: str = "info"
     control_group: str | None = None         # None: the control socket is root-only (0600)
     control_socket: bool = True              # False: no control socket (embedding, tests)
+
+    @property
+    def shared_gadget(self) -> bool:
+        """More than our one slot on the USB device: no slot may take the device off the bus."""
+        return len(self.slots) > 1 or bool(self.extra_functions)
 
     def gadget_key(self) -> tuple:
         """Everything that, when changed, needs the host to enumerate the gadget again."""
@@ -260,29 +265,13 @@ class Daemon:
     async def _replace_slot(self, slot: int, spec: SlotSpec, state_dir: Path) -> None:
         """Swap one slot's card engine while the reader stays on the bus."""
         try:
-            card = build_card(spec, slot, state_dir)
+            card = build_card(spec, slot, state_dir, shared_gadget=self.options.shared_gadget)
         except Exception as e:
             raise ControlError(f"slot {slot} not replaced: cannot build its {spec.engine} card: {e}") from None
         service = self.service
-        old = service.cards[slot]
-        # The host sees the old card leave (NotifySlotChange) and loses whatever it had in flight.
-        service._presence(slot, False)
-        for token, (s, pending) in list(service._pending.items()):
-            if s == slot:
-                pending.task.cancel()
-                service._failed(slot, token, CardAbsent("the slot's card engine was replaced"))
-        service._flush()
-        try:
-            await old.stop()
-        except Exception:
-            log.exception("slot %d: stopping the old card engine failed", slot, extra={"slot": slot})
-        old._listeners.clear()
-        service.cards[slot] = card
-        service.stats[slot] = SlotStats()
-        card.add_presence_listener(lambda present, slot=slot: service._presence(slot, present))
         card.add_presence_listener(lambda present: self._notify_status())
         try:
-            await card.start()
+            await service.replace_card(slot, card)
         except Exception as e:
             log.error("slot %d: the new %s engine did not start: %s", slot, spec.engine, e,
                       extra={"slot": slot, "event": "reload-failed"})
@@ -293,9 +282,6 @@ class Daemon:
             slots = list(self.options.slots)
             slots[slot] = spec
             self.options = dataclasses.replace(self.options, slots=slots)
-        if card.present:
-            service.reader.set_card_present(slot, True)
-        service._flush()
         log.info("slot %d: now %s", slot, self.engine_of(slot), extra={"slot": slot, "event": "replace"})
 
     async def _reenumerate_with(self, new: DaemonOptions) -> None:
@@ -383,7 +369,8 @@ class Daemon:
         opts = self.options
         loop = asyncio.get_running_loop()
         self.state = "starting"
-        cards = [build_card(spec, slot, opts.state_dir) for slot, spec in enumerate(opts.slots)]
+        cards = [build_card(spec, slot, opts.state_dir, shared_gadget=opts.shared_gadget)
+                 for slot, spec in enumerate(opts.slots)]
         config = ReaderConfig(slots=len(cards))
         if opts.max_message_length:
             config = ReaderConfig(slots=len(cards), max_message_length=opts.max_message_length)
@@ -409,8 +396,16 @@ class Daemon:
             self.function.__enter__()
             try:
                 loop.add_reader(self.function.eventfd.fileno(), self._process_usb_events)
-                self.gadget.bind()
-                self.usb_state = "bound"
+                detachable = self._detachable_reader(cards)
+                if detachable is None or detachable.attached:
+                    self.gadget.bind()
+                    self.usb_state = "bound"
+                else:
+                    # QEMU's passthru scenario: the USB device appears when a
+                    # VSCard client adds its reader, and goes when it leaves.
+                    self.usb_state = "detached (no VSCard client)"
+                if detachable is not None:
+                    detachable.add_attach_listener(self._on_attach)
                 self.state = "running"
                 if self.notifier:
                     self.notifier.ready()
@@ -435,6 +430,29 @@ class Daemon:
         finally:
             await self.service.stop()
             self.gadget.destroy()
+
+    @staticmethod
+    def _detachable_reader(cards):
+        """The single passthru engine that decides when the reader is on the bus, if any."""
+        if len(cards) == 1 and hasattr(cards[0], "add_attach_listener"):
+            return cards[0]
+        return None
+
+    def _on_attach(self, attached: bool) -> None:
+        gadget = self.gadget
+        if gadget is None:
+            return
+        try:
+            if attached:
+                gadget.bind()
+                self.usb_state = "bound"
+            else:
+                gadget.unbind()
+                self.usb_state = "detached (no VSCard client)"
+        except (GadgetError, OSError) as e:
+            log.error("could not %s the reader: %s", "attach" if attached else "detach", e,
+                      extra={"event": "attach-failed"})
+        self._notify_status()
 
     def _process_usb_events(self) -> None:
         try:

@@ -69,13 +69,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     except ValueError:
         if host != "localhost":
             raise EngineError(f"listen address {text!r}: {host!r} is not an IP address") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    # isascii: "²" is a digit to str.isdigit() but not to int() (found while fuzzing the config loader).
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise EngineError(f"listen address {text!r}: port must be 1..65535")
     return host, int(port)
 
 
-def build_card(spec: SlotSpec, slot: int, state_dir: Path) -> Card:
-    """Construct the engine for one slot."""
+def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: bool = False) -> Card:
+    """Construct the engine for one slot.
+
+    `shared_gadget`: other slots or functions live on the same USB device, so a
+    VSCard reader cannot come and go with its client; it stays attached with
+    an empty slot instead (QEMU's detach-on-ReaderRemove needs a gadget of its own).
+    """
     spec.validate()
     if spec.engine == "emulated":
         card_dir = Path(state_dir) / "cards" / (spec.name or f"slot{slot}-{spec.type}")
@@ -91,7 +97,8 @@ def build_card(spec: SlotSpec, slot: int, state_dir: Path) -> Card:
     listen = parse_listen(spec.listen) if spec.listen else DEFAULT_LISTEN.get(spec.engine)
     if spec.engine == "passthru":
         from ..passthrough.vscard_server import VSCardServerCard
-        return VSCardServerCard(listen=listen, allow=spec.allow or None, stay_attached=spec.stay_attached)
+        return VSCardServerCard(listen=listen, allow=spec.allow or None,
+                                stay_attached=spec.stay_attached or shared_gadget)
     if spec.engine == "vpcd":
         from ..passthrough.vpcd_server import VpcdServerCard
         return VpcdServerCard(listen=listen, allow=spec.allow or None)

@@ -67,8 +67,10 @@ class ReaderService:
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
+        self._listeners = [lambda present, slot=slot: self._presence(slot, present)
+                           for slot in range(len(self.cards))]
         for slot, card in enumerate(self.cards):
-            card.add_presence_listener(lambda present, slot=slot: self._presence(slot, present))
+            card.add_presence_listener(self._listeners[slot])
             await card.start()
             # A card already present at start-up is announced like an insertion.
             if card.present:
@@ -86,6 +88,31 @@ class ReaderService:
                 await card.stop()
             except Exception:
                 log.exception("stopping a card engine failed")
+
+    async def replace_card(self, slot: int, card: Card) -> None:
+        """Swap one slot's engine while the reader stays on the bus (configuration reload).
+
+        The host sees the old card leave; whatever it had in flight fails as
+        'card absent'.  The new engine's card, if present, is then inserted.
+        """
+        old = self.cards[slot]
+        old.remove_presence_listener(self._listeners[slot])
+        self._presence(slot, False)
+        for token, (pending_slot, pending) in list(self._pending.items()):
+            if pending_slot == slot:
+                pending.task.cancel()
+                self._failed(slot, token, CardAbsent("the slot's card engine was replaced"))
+        self._flush()
+        try:
+            await old.stop()
+        except Exception:
+            log.exception("slot %d: stopping the old card engine failed", slot)
+        self.cards[slot] = card
+        self.stats[slot] = SlotStats()
+        card.add_presence_listener(self._listeners[slot])
+        await card.start()
+        if card.present:
+            self._presence(slot, True)
 
     def attach(self, transport: Transport | None) -> None:
         """Connect (or with None, disconnect) the USB side."""

@@ -231,3 +231,25 @@ def test_describe_lists_every_slot(slots):
         assert all(s["engine"] == "emulated" and s["present"] for s in info)
         await service.stop()
     run(main())
+
+
+def test_replace_card_swaps_the_engine_and_the_host_sees_remove_then_insert():
+    async def main():
+        old, new = SlowCard(1.0), IsoCard(serial="NEW")
+        service = ReaderService([old])
+        t = ListTransport(service)
+        await service.start()
+        service.attach(t)
+        await exchange(t, service, ICC_POWER_ON)
+        service.bulk_out(msg(XFR_BLOCK, 0, 4, b"\x00\x00\x00\x00"), transfer_end=True)
+        t.interrupts.clear()
+        await service.replace_card(0, new)
+        r = await t.next()
+        assert r["seq"] == 4 and r["status"] & 0x40            # the APDU in flight failed
+        assert [m[1] & 0x03 for m in t.interrupts][-1] == 0x03   # changed + present (new card)
+        old._set_present(False)                                   # the old engine no longer reaches the reader
+        r = await exchange(t, service, ICC_POWER_ON, seq=5)
+        assert r["data"] == new.atr()
+        assert service.stats[0].apdus == 0
+        await service.stop()
+    run(main())
