@@ -343,3 +343,11 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
 
 __all__ = ["add_card_subcommands", "create_card", "import_key", "generate_key", "show_card", "change_pin",
            "ProvisionError", "parse_slot", "parse_algorithm", "parse_subject", "SLOT", "OBJECT_ID"]
+
+
+def main_card(argv: list[str]) -> int:
+    """`ccidgadget card COMMAND ...` as the CLI dispatches it."""
+    parser = argparse.ArgumentParser(prog="ccidgadget")
+    add_card_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["card", *argv])
+    return args.func(args)

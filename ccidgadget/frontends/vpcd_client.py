@@ -29,6 +29,7 @@ insertion; when pcscd restarts we reconnect.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import asyncio
 import logging
 import socket
@@ -184,12 +185,15 @@ async def serve_card_to_vpcd(card: Card, host: str = "127.0.0.1", port: int = VP
 
 # -- command line ------------------------------------------------------------------------
 
-def default_card_factory(card_type: str) -> Card:
-    """Cards this module knows without the CLI's help (the ISO demo card)."""
-    if card_type == "iso":
-        from ..cards.iso import IsoCard
-        return IsoCard()
-    raise SystemExit(f"vpcd-card: card type {card_type!r} is not available here")
+def default_card_factory(args: argparse.Namespace) -> Card:
+    """The emulated card the options name, built as the daemon builds a slot's card."""
+    from ..daemon.engines import EngineError, SlotSpec, build_card
+    spec = SlotSpec(engine="emulated", type=args.card_type, name=args.name, certs=list(args.certs or ()),
+                    db=args.db)
+    try:
+        return build_card(spec, 0, args.state_dir)
+    except EngineError as e:
+        raise SystemExit(f"vpcd-card: {e}") from None
 
 
 def _add_arguments(p: argparse.ArgumentParser, card_types: tuple[str, ...]) -> None:
@@ -199,15 +203,23 @@ def _add_arguments(p: argparse.ArgumentParser, card_types: tuple[str, ...]) -> N
     p.add_argument("--port", type=int, default=VPCD_DEFAULT_PORT,
                    help="vpcd port: 35963 is reader 'Virtual PCD 00 00', 35964 '... 00 01'")
     p.add_argument("--once", action="store_true", help="exit when the first connection ends")
+    p.add_argument("--state-dir", type=Path, default=Path.home() / ".local/share/ccidgadget",
+                   help="where the emulated card keeps its state, in cards/NAME (default %(default)s)")
+    p.add_argument("--name", help="the card's directory name under STATE_DIR/cards (default slot0-TYPE)")
+    p.add_argument("--cert", dest="certs", action="append",
+                   help="CAC: certificate nickname (with --db) or PEM/DER/PKCS#12 file; three times")
+    p.add_argument("--db", metavar="sql:DIR", help="CAC: NSS database holding the three certificates")
 
 
 _DESCRIPTION = ("Connect to the vpcd driver of pcscd (package vsmartcard-vpcd) as a virtual "
-                "card, so PC/SC applications on this machine see the card without any USB.")
+                "card, so PC/SC applications on this machine see the card without any USB. "
+                "(Not to be confused with the daemon's '--card vpcd' engine, where vsmartcard's "
+                "vicc connects to ccidgadget.)")
 
 
 def add_vpcd_card_subcommand(subparsers, card_factory: CardFactory | None = None,
-                             card_types: tuple[str, ...] = ("iso", "piv", "cac")):
-    """`ccidgadget vpcd-card --type iso|piv|cac [--host H] [--port P] [--once]`.
+                             card_types: tuple[str, ...] = ("piv", "iso", "cac")):
+    """`ccidgadget vpcd-card --type piv|iso|cac [--host H] [--port P] [--once] [card options]`.
 
     Sets `func` on the parsed namespace: `args.func(args)` runs until
     interrupted and returns an exit status.
@@ -222,7 +234,7 @@ def add_vpcd_card_subcommand(subparsers, card_factory: CardFactory | None = None
 
 
 def run_vpcd_card(args: argparse.Namespace, card_factory: CardFactory) -> int:
-    card = card_factory(args.card_type)
+    card = card_factory(args)
 
     async def main() -> None:
         await card.start()
@@ -242,8 +254,8 @@ def run_vpcd_card(args: argparse.Namespace, card_factory: CardFactory) -> int:
 
 
 def main_vpcd_card(argv: list[str] | None = None, card_factory: CardFactory | None = None,
-                   card_types: tuple[str, ...] = ("iso", "piv", "cac")) -> int:
-    """Stand-alone entry point: `python -m ccidgadget.frontends.vpcd_client --type iso`."""
+                   card_types: tuple[str, ...] = ("piv", "iso", "cac")) -> int:
+    """`ccidgadget vpcd-card ...` (also `python -m ccidgadget.frontends.vpcd_client`)."""
     parser = argparse.ArgumentParser(prog="ccidgadget vpcd-card", description=_DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true")
     _add_arguments(parser, card_types)

@@ -124,3 +124,15 @@ def test_change_pin_offline(tmp_path, monkeypatch, capsys):
     h.select()
     assert h.verify("87654321") == 0x9000
     assert provision.parse_algorithm("RSA4096") == ALGORITHM.RSA4096
+
+
+def test_card_commands_through_the_cli(tmp_path, capsys):
+    from ccidgadget.cli import main
+
+    d = tmp_path / "card"
+    assert main(["card", "create", "--dir", str(d), "--pin", "654321", "--puk", "87654321"]) == 0
+    assert main(["card", "generate", "--dir", str(d), "--slot", "9a", "--algorithm", "eccp256",
+                 "--subject", "/CN=cli"]) == 0
+    assert main(["card", "show", "--dir", str(d), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "cli" in out and "654321" not in out and "87654321" not in out

@@ -177,8 +177,20 @@ def test_command_line(monkeypatch):
     import argparse
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    vpcd_client.add_vpcd_card_subcommand(sub, lambda t: IsoCard())
+    vpcd_client.add_vpcd_card_subcommand(sub, lambda args: IsoCard())
     args = parser.parse_args(["vpcd-card", "--type", "piv", "--host", "::1"])
     assert args.card_type == "piv" and args.host == "::1" and args.func(args) == 0
-    with pytest.raises(SystemExit):
-        main_vpcd_card(["--type", "cac"])           # the default factory knows only iso
+    with pytest.raises(SystemExit, match="exactly three --cert"):
+        main_vpcd_card(["--type", "cac"])           # a CAC card needs its three certificates
+
+
+def test_command_line_builds_a_persistent_piv_card(monkeypatch, tmp_path):
+    seen = {}
+
+    async def fake_serve(card, host, port, *, reconnect):
+        seen["card"] = card
+
+    monkeypatch.setattr(vpcd_client, "serve_card_to_vpcd", fake_serve)
+    assert main_vpcd_card(["--type", "piv", "--state-dir", str(tmp_path), "--once"]) == 0
+    assert type(seen["card"]).__name__ == "PivCard"
+    assert (tmp_path / "cards" / "slot0-piv").is_dir()
