@@ -49,7 +49,7 @@ RECONNECT_MAX_DELAY = 5.0
 #: wait forever for an answer.
 SW_NO_PRECISE_DIAGNOSIS = b"\x6F\x00"
 
-CardFactory = Callable[[str], Card]
+CardFactory = Callable[[argparse.Namespace], Card]
 
 
 class _Session:
