@@ -397,7 +397,7 @@ class _Validator:
             try:
                 re.compile(t["reader"])
                 spec.reader = t["reader"]
-            except re.error as e:
+            except (re.error, OverflowError, RecursionError) as e:     # "a{4294967296}": OverflowError
                 self.error(prefix + "reader", f"{t['reader']!r} is not a regular expression: {e}")
         if len(self.problems) > before:
             return spec
