@@ -154,6 +154,8 @@ def parse(raw: bytes | str, *, source: str = "<config>") -> Config:
         data = tomllib.loads(raw)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+    except RecursionError:      # tomllib recurses per nested array/table: "a = [[[[..." x 1000
+        raise ConfigError([f"{source}: not valid TOML: arrays or tables nested too deeply"]) from None
     return _Validator(source).config(data)
 
 
