@@ -1,0 +1,407 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Fuzz target `ccid_core`: the sans-IO CCID reader driven by a hostile host and a flaky engine.
+
+The input is a program (see `harness.Input`): bulk-OUT chunks with or without
+a transfer end, ep0 class requests, and the engine side's moves (answers,
+failures, presence changes, time extensions, hardware errors, bus resets).
+
+Checked after every step, against a framing model written here from CCID rev
+1.1 §6 (not from the core's code):
+
+- no exception escapes;
+- every bulk-IN message is a well-formed RDR_to_PC message (dwLength matches,
+  at most dwMaxCCIDMessageLength) answering a command that was received and
+  not yet answered (same bSlot, bSeq and the §6.1 response type); time
+  extensions only for a pending XfrBlock: never more answers than commands;
+- a message that is malformed in itself (unknown type, bad bSlot, dwLength
+  over the limit or cut by the transfer end, wrong dwLength, RFU bytes set,
+  unsupported command, bad wLevelParameter) is answered at once with
+  bmCommandStatus "failed" and the §6.2.6 bError (or CMD_ABORTED / SLOT_BUSY /
+  ICC_MUTE where the slot's state comes first);
+- engine requests carry 4..max_command_apdu_length bytes; buffers stay within
+  the named limits (one partial message, chained APDUs, queued hardware errors);
+- at the end, after a transfer end: GetSlotStatus gets the right answer on
+  every slot, and once the engine has answered what it owes and the host has
+  completed any abort, IccPowerOn and an XfrBlock work (the slot never wedges).
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from pathlib import Path
+
+from ccidgadget.ccid import (BulkIn, Cancel, InterruptPending, PowerOff, PowerOn, Reader, ReaderConfig,
+                             Transmit)
+
+from .harness import Finding, Input, Target, Writer, register
+
+# CCID rev 1.1 §6.1 / §6.2: PC_to_RDR type -> RDR_to_PC type.
+RESPONSE = {0x62: 0x80, 0x63: 0x81, 0x65: 0x81, 0x6F: 0x80, 0x6C: 0x82, 0x6D: 0x82, 0x61: 0x82, 0x6B: 0x83,
+            0x6E: 0x81, 0x6A: 0x81, 0x69: 0x80, 0x71: 0x81, 0x72: 0x81, 0x73: 0x84}
+UNSUPPORTED = {0x6B, 0x6A, 0x69, 0x71}                  # Escape, T0APDU, Secure, Mechanical
+FIXED_LENGTH = {0x62: 0, 0x63: 0, 0x65: 0, 0x6C: 0, 0x6D: 0, 0x6E: 0, 0x72: 0, 0x73: 8}
+#: Allowed values of bytes 7..9 (§6.1.x); the first bad offset is the bError.
+FIELDS = {0x62: ({0, 1, 2, 3}, {0}, {0}), 0x63: ({0}, {0}, {0}), 0x65: ({0}, {0}, {0}),
+          0x6C: ({0}, {0}, {0}), 0x6D: ({0}, {0}, {0}), 0x61: ({0, 1}, {0}, {0}), 0x6E: ({0, 1}, {0}, {0}),
+          0x72: ({0}, {0}, {0}), 0x73: ({0}, {0}, {0})}
+LEVELS = {0x0000, 0x0001, 0x0002, 0x0003, 0x0010}
+ABORTED, BUSY, MUTE = 0xFF, 0xE0, 0xFE
+
+SLOTS = 2
+CONFIG = ReaderConfig(slots=SLOTS, max_message_length=300, max_command_apdu_length=700,
+                      max_response_apdu_length=1000)
+MAX_PAYLOAD = CONFIG.max_payload
+
+
+def make_atr(hist: bytes = b"ccidgdgt") -> bytes:
+    body = bytes([0x90 | len(hist), 0x11, 0x81, 0x31, 0xFE, 0x45]) + hist
+    tck = 0
+    for b in body:
+        tck ^= b
+    return b"\x3b" + body + bytes([tck])
+
+
+ATR = make_atr()
+
+
+def header(message_type: int, slot: int, seq: int, data: bytes = b"", specific: bytes = b"\0\0\0",
+           length: int | None = None) -> bytes:
+    return struct.pack("<BIBB", message_type, len(data) if length is None else length, slot, seq) \
+        + specific + data
+
+
+class Model:
+    """Bulk-OUT framing as §6 describes it, to know which commands the host sent."""
+
+    def __init__(self) -> None:
+        self.rx = bytearray()
+        self.discarding = False
+
+    def feed(self, data: bytes, end: bool) -> list[tuple[str, tuple[int, int, int, int], bytes, bytes]]:
+        """Messages framed by this chunk: (kind, (type, length, slot, seq), bytes 7..9, abData)."""
+        out = []
+        if self.discarding:
+            if end:
+                self.discarding = False
+            return out
+        self.rx += data
+        while len(self.rx) >= 10:
+            hdr = struct.unpack_from("<BIBB", self.rx)
+            if hdr[1] > MAX_PAYLOAD:
+                out.append(("oversize", hdr, b"", b""))
+                self.rx.clear()
+                self.discarding = not end
+                return out
+            if len(self.rx) < 10 + hdr[1]:
+                break
+            out.append(("message", hdr, bytes(self.rx[7:10]), bytes(self.rx[10:10 + hdr[1]])))
+            del self.rx[:10 + hdr[1]]
+        if end and self.rx:
+            if len(self.rx) >= 7:
+                hdr = struct.unpack_from("<BIBB", bytes(self.rx[:10]).ljust(10, b"\0"))
+                out.append(("truncated", hdr, b"", b""))
+            self.rx.clear()
+        return out
+
+
+def immediate_errors(kind: str, hdr, specific: bytes) -> set[int] | None:
+    """The bErrors allowed for a message that must fail at once, or None if it may succeed."""
+    mtype, length, slot, _ = hdr
+    if kind != "message":
+        return {1}
+    if mtype not in RESPONSE:
+        return {0}
+    if slot >= SLOTS:
+        return {5}
+    if mtype in UNSUPPORTED:
+        return {0, ABORTED}
+    if mtype in FIXED_LENGTH and length != FIXED_LENGTH[mtype]:
+        return {1, ABORTED, BUSY}
+    if mtype in FIELDS:
+        for offset, (value, allowed) in enumerate(zip(specific, FIELDS[mtype]), 7):
+            if value not in allowed:
+                return {offset, ABORTED, BUSY}
+    if mtype == 0x6F and (specific[1] | specific[2] << 8) not in LEVELS:
+        return {8, ABORTED, BUSY, MUTE}
+    return None
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.reader = Reader(CONFIG)
+        self.model = Model()
+        self.owed: collections.Counter = collections.Counter()   # (slot, seq, response type) -> count
+        self.xfr_pending: collections.Counter = collections.Counter()
+        self.requests: dict[int, PowerOn | Transmit] = {}          # token -> engine request
+        self.cancelled: list[int] = []
+
+    # -- the host -------------------------------------------------------------------
+    def bulk(self, data: bytes, end: bool) -> list[tuple[int, int, int, int, int, bytes]]:
+        framed = self.model.feed(data, end)
+        for _, (mtype, _, slot, seq), _, _ in framed:
+            self.owed[(slot, seq, RESPONSE.get(mtype, 0x81))] += 1
+        self.reader.receive_bulk_out(data, transfer_end=end)
+        answers = self.drain()
+        pool = list(answers)
+        for kind, hdr, specific, _ in framed:
+            errors = immediate_errors(kind, hdr, specific)
+            if errors is None:
+                continue
+            rtype = RESPONSE.get(hdr[0], 0x81)
+            match = next((a for a in pool if (a[0], a[1], a[2]) == (rtype, hdr[2], hdr[3])
+                          and a[3] >> 6 == 1 and a[4] in errors), None)
+            if match is None:
+                raise Finding(f"{kind} message {hdr} {specific.hex()} not answered at once with bError in "
+                              f"{sorted(errors)}; answers: {answers}")
+            pool.remove(match)
+        return answers
+
+    def control(self, request_type: int, request: int, value: int, length: int) -> bytes | None:
+        result = self.reader.control_request(request_type, request, value, 0, length)
+        if result is not None and (not isinstance(result, bytes) or len(result) > length):
+            raise Finding(f"ep0 answer {result!r} longer than wLength {length}")
+        self.drain()
+        return result
+
+    # -- what comes back ----------------------------------------------------------------
+    def drain(self) -> list[tuple[int, int, int, int, int, bytes]]:
+        answers = []
+        for event in self.reader.next_events():
+            if isinstance(event, BulkIn):
+                answers.append(self.answer(event.data))
+            elif isinstance(event, (PowerOn, Transmit)):
+                if event.token in self.requests or event.slot not in self.reader.busy_slots():
+                    raise Finding(f"engine request {event} for a slot that is not busy with it")
+                if isinstance(event, Transmit) and not 4 <= len(event.apdu) <= CONFIG.max_command_apdu_length:
+                    raise Finding(f"Transmit of {len(event.apdu)} bytes")
+                self.requests[event.token] = event
+            elif isinstance(event, Cancel):
+                if self.requests.pop(event.token, None) is None:
+                    raise Finding(f"Cancel of unknown token {event}")
+                self.cancelled.append(event.token)
+                self.cancelled[:] = self.cancelled[-8:]
+            elif not isinstance(event, (PowerOff, InterruptPending)):
+                raise Finding(f"unknown event {event!r}")
+        self.check_bounds()
+        return answers
+
+    def answer(self, raw: bytes) -> tuple[int, int, int, int, int, bytes]:
+        if not 10 <= len(raw) <= CONFIG.max_message_length:
+            raise Finding(f"bulk-IN message of {len(raw)} bytes (dwMaxCCIDMessageLength {CONFIG.max_message_length})")
+        mtype, length, slot, seq, status, error, _ = struct.unpack_from("<BIBBBBB", raw)
+        if length != len(raw) - 10 or not 0x80 <= mtype <= 0x84:
+            raise Finding(f"malformed bulk-IN message {raw.hex()}")
+        key = (slot, seq, mtype)
+        if status >> 6 == 2:                       # time extension (§6.2.6): the command stays owed
+            if mtype != 0x80 or self.owed[key] == 0 or slot not in self.reader.busy_slots():
+                raise Finding(f"time extension {raw.hex()} for no pending XfrBlock")
+        else:
+            if self.owed[key] == 0:
+                raise Finding(f"answer {raw.hex()} to no command (owed: {+self.owed})")
+            self.owed[key] -= 1
+        return mtype, slot, seq, status, error, raw[10:]
+
+    def check_bounds(self) -> None:
+        r = self.reader
+        if len(r._rx) >= CONFIG.max_message_length:
+            raise Finding(f"{len(r._rx)} bulk-OUT bytes buffered, more than one message")
+        for s in r._slots:
+            if len(s.command) > CONFIG.max_command_apdu_length or len(s.response) > CONFIG.max_response_apdu_length:
+                raise Finding(f"slot {s.index} buffers {len(s.command)}/{len(s.response)} chained bytes")
+        if len(r._hardware_errors) > 16 or len(r._pending) > SLOTS:
+            raise Finding("queues past their limits")
+        busy = r.busy_slots()
+        mine = {e.slot for e in self.requests.values()}
+        if busy != mine:
+            raise Finding(f"busy slots {busy} but outstanding engine requests for {mine}")
+
+    # -- the engine -------------------------------------------------------------------------
+    def pick(self, index: int) -> int | None:
+        tokens = sorted(self.requests) + self.cancelled
+        return tokens[index % len(tokens)] if tokens else None
+
+    def reply(self, token: int, data: bytes) -> None:
+        self.requests.pop(token, None)
+        self.reader.card_answer(token, data)
+        self.drain()
+
+    def fail(self, token: int, error: int, absent: bool) -> None:
+        self.requests.pop(token, None)
+        self.reader.card_failed(token, error, absent=absent)
+        self.drain()
+
+    # -- the final check: nothing wedged ----------------------------------------------------
+    def one(self, answers, mtype: int, slot: int, seq: int):
+        mine = [a for a in answers if (a[0], a[1], a[2]) == (mtype, slot, seq)]
+        if len(mine) != 1:
+            raise Finding(f"expected one answer {mtype:02X} slot {slot} seq {seq}, got {answers}")
+        return mine[0]
+
+    def check_not_wedged(self) -> None:
+        r = self.reader
+        self.bulk(b"", True)
+        for slot in range(SLOTS):
+            state = r.slot_state(slot)
+            a = self.one(self.bulk(header(0x65, slot, 0xA0 + slot), True), 0x81, slot, 0xA0 + slot)
+            want = (1, ABORTED) if state.aborting else (1, BUSY) if state.busy else (0, 0)
+            if (a[3] >> 6, a[4]) != want or (want == (0, 0) and a[3] & 3 != int(state.icc_status)):
+                raise Finding(f"GetSlotStatus on slot {slot} ({state}) answered {a}")
+        # The engine pays what it owes, the host completes any abort.
+        for token, request in sorted(self.requests.items()):
+            self.reply(token, ATR if isinstance(request, PowerOn) else b"\x90\x00")
+        for slot in range(SLOTS):
+            if r.slot_state(slot).aborting:
+                if self.control(0x21, 0x01, slot | 0x7E << 8, 0) != b"":
+                    raise Finding("ep0 ABORT refused")
+                self.one(self.bulk(header(0x72, slot, 0x7E), True), 0x81, slot, 0x7E)
+            r.set_card_present(slot, True)
+            self.drain()
+            for request in list(self.requests.values()):
+                raise Finding(f"engine request {request} left after answering everything")
+            if self.bulk(header(0x62, slot, 0x31), True):
+                raise Finding("IccPowerOn answered before the card")
+            (token, request), = self.requests.items()
+            if not isinstance(request, PowerOn) or request.slot != slot:
+                raise Finding(f"IccPowerOn made {request}")
+            self.reply(token, ATR)
+            # (the answer was checked by `drain`; its content now)
+        for slot in range(SLOTS):
+            a = self.one(self.bulk(header(0x65, slot, 0x32), True), 0x81, slot, 0x32)
+            if a[3:5] != (0, 0):
+                raise Finding(f"slot {slot} not active after IccPowerOn: {a}")
+            apdu = bytes.fromhex("00A4040000")
+            if self.bulk(header(0x6F, slot, 0x33, apdu), True):
+                raise Finding("XfrBlock answered before the card")
+            (token, request), = self.requests.items()
+            if not isinstance(request, Transmit) or request.apdu != apdu:
+                raise Finding(f"XfrBlock made {request}")
+            self.requests.pop(token)
+            r.card_answer(token, b"\x90\x00")
+            a = self.one(self.drain(), 0x80, slot, 0x33)
+            if a[3:] != (0, 0, b"\x90\x00"):
+                raise Finding(f"XfrBlock answer {a}")
+
+
+def run(data: bytes) -> None:
+    h = Harness()
+    inp = Input(data)
+    steps = 0
+    while inp.more() and steps < 200:
+        steps += 1
+        op = inp.byte()
+        kind = op & 0x0F                              # 0x80 and 0x40 are flags of the op
+        if kind <= 2 or kind >= 11:
+            h.bulk(inp.take(inp.u16() % 2048), bool(op & 0x80))
+        elif kind == 3:
+            token = h.pick(inp.byte())
+            how = inp.byte()
+            if token is None:
+                continue
+            request = h.requests.get(token)
+            if how % 4 == 0:
+                body = ATR if isinstance(request, PowerOn) else b"\x90\x00"
+            elif how % 4 == 1:
+                body = inp.take(inp.byte())
+            elif how % 4 == 2:
+                body = bytes([inp.byte()]) * (inp.u16() % 1400)   # around the 300/1000-byte limits
+            else:
+                body = ATR[:inp.byte() % 40] + inp.take(inp.byte() % 8)
+            h.reply(token, body)
+        elif kind == 4:
+            token = h.pick(inp.byte())
+            error, absent = inp.byte(), bool(op & 0x80)
+            if token is not None:
+                h.fail(token, error, absent)
+        elif kind == 5:
+            h.reader.set_card_present(inp.byte() % SLOTS, bool(op & 0x80))
+            h.drain()
+        elif kind == 6:
+            h.reader.time_extension(inp.byte() % SLOTS)
+            h.drain()
+        elif kind == 7:
+            request_type = inp.byte() if op & 0x20 else (0xA1 if op & 0x40 else 0x21)
+            h.control(request_type, inp.byte() % 6, inp.u16(), inp.u16())
+        elif kind == 8:
+            h.reader.hardware_error(inp.byte() % SLOTS, inp.byte())
+            h.drain()
+        elif kind == 9:
+            h.reader.reset()
+            h.model = Model()
+            h.owed.clear()                            # the host forgets its commands too (§5.3: bus reset)
+            h.drain()
+        elif kind == 10:
+            message = h.reader.pop_interrupt()
+            if message is not None and not ((message[0] == 0x50 and len(message) == 1 + (2 * SLOTS + 7) // 8)
+                                            or (message[0] == 0x51 and len(message) == 4)):
+                raise Finding(f"malformed interrupt message {message.hex()}")
+    h.check_not_wedged()
+
+
+def make():
+    return run
+
+
+# -- seeds ---------------------------------------------------------------------------
+CCID_CORPUS = Path(__file__).resolve().parents[1] / "ccid" / "corpus"
+
+
+def bulk_op(data: bytes, end: bool = True) -> bytes:
+    return Writer().byte(0x80 if end else 0x00).u16(len(data)).raw(data).bytes()
+
+
+def ep0_op(request_type_in: bool, request: int, value: int, length: int) -> bytes:
+    return Writer().byte(0x47 if request_type_in else 0x07).byte(request).u16(value).u16(length).bytes()
+
+
+def from_ccid_corpus() -> dict[str, bytes]:
+    """tests/ccid/corpus/*.hex (raw bulk-OUT transfers), each as one bulk op with a transfer end."""
+    out = {}
+    for path in sorted(CCID_CORPUS.glob("*.hex")):
+        raw = bytes.fromhex("".join(line.split("#")[0] for line in path.read_text().splitlines()))
+        out[f"ccid-{path.stem}"] = bulk_op(raw)
+    return out
+
+
+def seeds() -> dict[str, bytes]:
+    power_on = bulk_op(header(0x62, 0, 1))
+    answer_atr = bytes([3, 0, 0])
+    select = bulk_op(header(0x6F, 0, 2, bytes.fromhex("00A4040000")))
+    present = bytes([0x85, 0])                        # card in slot 0
+    big_answer = bytes([3, 0, 2, 0x41]) + (900).to_bytes(2, "big")
+    return {
+        "power-on-xfr": present + power_on + answer_atr + select + bytes([3, 0, 0]),
+        "power-on-xfr-split": present + bulk_op(header(0x62, 0, 1)[:6], False) + bulk_op(header(0x62, 0, 1)[6:])
+        + answer_atr + bulk_op(header(0x6F, 0, 2, bytes.fromhex("00A4040000"))[:12], False)
+        + bulk_op(header(0x6F, 0, 2, bytes.fromhex("00A4040000"))[12:]) + bytes([3, 0, 0]),
+        "response-chaining": present + power_on + answer_atr + select + big_answer
+        + bulk_op(header(0x6F, 0, 3, specific=b"\0\x10\0")) + bulk_op(header(0x6F, 0, 4, specific=b"\0\x10\0"))
+        + bulk_op(header(0x6F, 0, 5, specific=b"\0\x10\0")),
+        "command-chaining": present + power_on + answer_atr
+        + bulk_op(header(0x6F, 0, 2, b"\0\xA4\x04\0" + b"\x11" * 200, b"\0\x01\0"))
+        + bulk_op(header(0x6F, 0, 3, b"\x22" * 280, b"\0\x03\0"))
+        + bulk_op(header(0x6F, 0, 4, b"\x33" * 100, b"\0\x02\0")) + bytes([3, 0, 0]),
+        "abort": present + power_on + ep0_op(False, 1, 0x0100, 0) + bulk_op(header(0x72, 0, 1)),
+        "abort-during-xfr": present + power_on + answer_atr + select + ep0_op(False, 1, 0x0200, 0)
+        + bulk_op(header(0x72, 0, 2)),
+        "abort-message-first": present + power_on + answer_atr + select + bulk_op(header(0x72, 0, 2))
+        + ep0_op(False, 1, 0x0200, 0),
+        "removal-while-busy": present + power_on + answer_atr + select + bytes([0x05, 0]),
+        "time-extension": present + power_on + answer_atr + select + bytes([6, 0, 6, 0]) + bytes([3, 0, 0]),
+        "engine-fails": present + power_on + bytes([0x84, 0, 0xFE]) + bytes([0x85, 1])
+        + bulk_op(header(0x62, 1, 9)) + bytes([4, 0, 0xFB]),
+        "bad-atr": present + power_on + bytes([3, 0, 3, 5, 2, 0x41, 0x42]),
+        "hw-error-interrupt": present + bytes([8, 0, 0x11, 8, 1, 0x22, 10, 10, 10]),
+        "ep0": ep0_op(True, 2, 0, 4) + ep0_op(True, 3, 0, 2) + ep0_op(False, 1, 0xFFFF, 0)
+        + ep0_op(False, 1, 0x0001, 8) + ep0_op(True, 4, 0, 0),
+        "oversize-split": bulk_op(header(0x6F, 0, 1, length=0xFFFFFFFF) + b"x" * 20, False)
+        + bulk_op(b"y" * 100, False) + bulk_op(b"", True) + bulk_op(header(0x65, 0, 2)),
+        "reset": present + power_on + answer_atr + select + bytes([9]) + bulk_op(header(0x65, 0, 9)),
+        "two-slots": present + bytes([0x85, 1]) + power_on + bulk_op(header(0x62, 1, 1)) + bytes([3, 1, 0])
+        + bytes([3, 0, 0]) + bulk_op(header(0x6F, 1, 2, bytes.fromhex("00B0000000"))) + bytes([3, 0, 1, 4])
+        + b"abcd",
+    }
+
+
+TARGET = register(Target("ccid_core", make, seeds, max_len=4096, bounded_runs=4000,
+                         extra_corpus=(from_ccid_corpus,)))
