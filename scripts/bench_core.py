@@ -91,7 +91,7 @@ def main() -> None:
     print(f"core: {rate:,.0f} XfrBlock messages/s (parse -> trivial card -> encode, one thread)")
     rate, median = bench_service()
     print(f"service + ISO card: {rate:,.0f} APDUs/s, median {median * 1e6:.0f} us per XfrBlock "
-          "(asyncio loop + card worker thread)")
+          "(asyncio loop; this read-only command runs inline, crypto and writes hop to the card thread)")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,10 @@ class IsoApplet(Applet):
 
 
 class IsoCard(AppletCard):
-    """The default small card (`--card emulated --type iso`)."""
+    """The small demo card (`--card emulated --type iso`)."""
+
+    # Everything it does is in memory.
+    QUICK_INS = frozenset({INS_SELECT, INS_READ_BINARY, INS_UPDATE_BINARY, INS_GET_CHALLENGE, INS_GET_DATA, 0xC0})
 
     def __init__(self, serial: str | None = None, *, inserted: bool = True) -> None:
         self.serial = serial or secrets.token_hex(8).upper()

@@ -66,6 +66,9 @@ class CacCard(AppletCard):
     """``--card emulated --type cac``: a GSC-IS 2.1 CAC card with three RSA keys."""
 
     ATR = CAC_ATR
+    # Reads of in-memory state; VERIFY and SIGN/DECRYPT go to the worker thread.
+    QUICK_INS = frozenset({INS.SELECT, INS.GET_RESPONSE, INS.GET_ACR, INS.READ_BUFFER, INS.GET_PROPERTIES,
+                           INS.GET_CHALLENGE})
 
     def __init__(self, credentials: list[CacCredential], pin: PinSlot, *, card_id: bytes,
                  store: CardStore | None = None, inserted: bool = True) -> None:

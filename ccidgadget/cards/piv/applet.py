@@ -639,6 +639,10 @@ def _gcd(a: int, b: int) -> int:
 class PivCard(AppletCard):
     """An emulated PIV card whose state lives in a `CardStore` directory."""
 
+    # Reads of in-memory state; VERIFY (scrypt), crypto and writes go to the worker thread.
+    QUICK_INS = frozenset({INS.SELECT, INS.GET_DATA, INS.GET_RESPONSE, INS.GET_VERSION, INS.GET_SERIAL,
+                           INS.GET_METADATA})
+
     def __init__(self, store: CardStore, state: PivState, *, inserted: bool = True) -> None:
         self.store = store
         self.state = state
