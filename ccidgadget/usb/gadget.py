@@ -329,19 +329,22 @@ class ConfigfsGadget:
                 log.warning("%s", e)
         if not root.exists():
             return
-        for config in (root / "configs").glob("*"):
-            for link in config.iterdir():
-                if link.is_symlink():
-                    link.unlink()
-            for strings in (config / "strings").glob("*"):
-                strings.rmdir()
-            config.rmdir()
-        for function in (root / "functions").glob("*"):
-            function.rmdir()
-        for strings in (root / "strings").glob("*"):
-            strings.rmdir()
         try:
+            for config in (root / "configs").glob("*"):
+                for link in config.iterdir():
+                    if link.is_symlink():
+                        link.unlink()
+                for strings in (config / "strings").glob("*"):
+                    strings.rmdir()
+                config.rmdir()
+            for function in (root / "functions").glob("*"):
+                function.rmdir()
+            for strings in (root / "strings").glob("*"):
+                strings.rmdir()
             root.rmdir()
         except OSError as e:
-            raise GadgetError(f"could not remove {root}: {e}") from e
+            # EBUSY usually means a FunctionFS instance is still mounted or open elsewhere.
+            raise GadgetError(f"could not remove {root}: {e} (is its FunctionFS still mounted? "
+                              f"see 'grep functionfs /proc/mounts'; configfs/README.md shows the "
+                              f"teardown by hand)") from e
         log.info("gadget %s removed", root, extra={"event": "destroy"})
