@@ -67,6 +67,8 @@ GUEST_MODULES = ("dummy_hcd", "libcomposite", "usb_f_fs")
 JOB_FILE = "vm-job.sh"
 STATUS_FILE = "vm-status"
 OUTPUT_FILE = "vm-output.log"
+#: present only for run(init="systemd"): the initramfs hands PID 1 to it (tests/vm/systemd_guest.py)
+PID1_FILE = "vm-pid1.sh"
 CONSOLE_FILE = "console.log"
 QEMU_LOG_FILE = "qemu.log"
 
@@ -353,6 +355,12 @@ mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 [ -e /newroot/dev/fd ] || ln -s /proc/self/fd /newroot/dev/fd
 hostname ccidgadget-vm
+if [ -f /newroot@OUT@/@PID1@ ]; then
+    # run(init="systemd"): PID 1 goes to that script in the new root (it execs systemd)
+    say "root ready after $(cut -d' ' -f1 /newroot/proc/uptime) s, PID 1 -> @OUT@/@PID1@"
+    exec switch_root /newroot /bin/sh @OUT@/@PID1@ </dev/console >/dev/console 2>&1
+    die "switch_root failed"
+fi
 if [ -f /newroot@OUT@/@JOB@ ]; then
     say "root ready after $(cut -d' ' -f1 /newroot/proc/uptime) s, running @OUT@/@JOB@"
     chroot /newroot /bin/sh @OUT@/@JOB@ </dev/console >/dev/console 2>&1
@@ -367,7 +375,7 @@ poweroff_now
 def _init_script(module_names: Sequence[str]) -> str:
     s = INIT_TEMPLATE
     for k, v in {"@MODULES@": " ".join(module_names), "@MSIZE@": str(MSIZE), "@OUT@": GUEST_OUT,
-                 "@JOB@": JOB_FILE}.items():
+                 "@JOB@": JOB_FILE, "@PID1@": PID1_FILE}.items():
         s = s.replace(k, v)
     return s
 
@@ -559,6 +567,7 @@ def run(
     smp: int = 2,
     stream: IO[str] | None = None,
     prepared: Prepared | None = None,
+    init: str = "busybox",
 ) -> VMResult:
     """Boot the guest, run ``command`` (shell string or argv) in ``cwd`` and power off.
 
@@ -566,8 +575,12 @@ def run(
     host; a value of None removes a variable). ``out_dir`` (default: a new
     temporary directory) is ``$CCIDGADGET_VM_OUT`` in the guest. ``stream``
     receives the console while the guest runs. QEMU is killed after ``timeout``
-    seconds (``VMResult.timed_out``).
+    seconds (``VMResult.timed_out``). ``init="systemd"`` boots systemd as PID 1 and runs the
+    command as a service of it (tests/vm/systemd_guest.py); the default runs it from the
+    initramfs' busybox init.
     """
+    if init not in ("busybox", "systemd"):
+        raise ValueError(f"init must be 'busybox' or 'systemd', not {init!r}")
     prepared = prepared or prepare()
     if not isinstance(command, str):
         command = shlex.join(command)
@@ -577,9 +590,11 @@ def run(
     else:
         out = Path(out_dir).resolve()
         out.mkdir(parents=True, exist_ok=True)
-    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE):
+    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE, PID1_FILE):
         (out / name).unlink(missing_ok=True)
     (out / JOB_FILE).write_text(_job_script(command, cwd, guest_env(env, prepared)))
+    if init == "systemd":
+        (out / PID1_FILE).write_text(_systemd_guest().pid1_script(out=GUEST_OUT, job=JOB_FILE))
     (out / CONSOLE_FILE).touch()
 
     cmd = qemu_command(prepared, out, memory=memory, smp=smp)
@@ -615,6 +630,18 @@ def run(
     except (OSError, ValueError):
         rc = None
     return VMResult(rc, console, out, duration, timed_out, proc.returncode, qemu_stderr)
+
+
+def _systemd_guest():
+    # loaded by path: tests/ is not a package and testbed.py itself is loaded by path
+    import importlib.util
+    name = "ccidgadget_vm_systemd_guest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("systemd_guest.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 def _pump(src: IO[bytes], dst: IO[str]) -> None:
@@ -654,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--memory", type=int, default=1536)
     p_run.add_argument("--smp", type=int, default=2)
     p_run.add_argument("--quiet", action="store_true", help="do not stream the console")
+    p_run.add_argument("--init", choices=("busybox", "systemd"), default="busybox",
+                       help="PID 1 of the guest: the initramfs' busybox (default) or systemd")
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     try:
@@ -671,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     res = run(command[0] if len(command) == 1 else command, timeout=args.timeout, env=env, cwd=args.cwd,
               out_dir=args.out, memory=args.memory, smp=args.smp,
-              stream=None if args.quiet else sys.stdout, prepared=prepared)
+              stream=None if args.quiet else sys.stdout, prepared=prepared, init=args.init)
     if args.quiet:
         sys.stdout.write(res.output)
     print(f"[vm] {res.describe(tail=0).splitlines()[0]}", file=sys.stderr)
