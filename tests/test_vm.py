@@ -8,6 +8,10 @@ works there at the same path. On a machine that already has configfs and
 dummy_hcd (``/sys/class/udc/dummy_udc.0``) and runs as root, the module runs
 natively instead.
 
+A module that sets ``VM_INIT = "systemd"`` gets a guest with systemd as PID 1
+(``testbed.run(..., init="systemd")``, tests/vm/systemd_guest.py): its pytest
+then runs as a service of that systemd.
+
 If the test bed cannot run here (no QEMU, no kernel package), the tests are
 skipped with the reason, or fail when ``CI=true``.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -90,6 +95,13 @@ def _pytest_args(module: str, junit: str) -> list[str]:
     return ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"tests/e2e/{module}", f"--junitxml={junit}"]
 
 
+def _guest_init(module: str) -> str:
+    """PID 1 of the module's guest: ``VM_INIT = "systemd"`` at the top level of the module asks for
+    systemd (tests/vm/systemd_guest.py); the default is the initramfs' busybox init."""
+    m = re.search(r"""^VM_INIT\s*=\s*["'](\w+)["']""", (E2E_DIR / module).read_text(), re.M)
+    return m.group(1) if m else "busybox"
+
+
 @pytest.mark.parametrize("module", E2E_MODULES)
 def test_e2e(module, tmp_path, request):
     out = tmp_path / "out"
@@ -111,7 +123,8 @@ def test_e2e(module, tmp_path, request):
     # the shell in the guest expands $CCIDGADGET_VM_OUT (the results share)
     args = _pytest_args(module, "JUNIT")
     command = shlex.join([sys.executable, *args]).replace("--junitxml=JUNIT", '--junitxml="$CCIDGADGET_VM_OUT/junit.xml"')
-    res = testbed.run(command, timeout=TIMEOUT, env=env, cwd=REPO, out_dir=out, prepared=prepared)
+    res = testbed.run(command, timeout=TIMEOUT, env=env, cwd=REPO, out_dir=out, prepared=prepared,
+                      init=_guest_init(module))
     if res.returncode != 0:
         where = _keep_artifacts(out, module)
         output = res.output
