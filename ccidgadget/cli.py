@@ -98,6 +98,10 @@ def daemon_parser() -> argparse.ArgumentParser:
                       help="CAC: a certificate nickname (with --db) or a PEM/DER/PKCS#12 file; give it three times")
     slot.add_argument("--db", action=_SlotOption, slot_field="db", metavar="sql:DIR",
                       help="CAC: NSS database holding the three certificates and keys")
+    slot.add_argument("--pin-file", action=_SlotOption, slot_field="pin_file", metavar="FILE",
+                      help="CAC: file holding the card PIN (default 12345678, or the NSS password)")
+    slot.add_argument("--db-password-file", action=_SlotOption, slot_field="db_password_file", metavar="FILE",
+                      help="CAC: file holding the NSS database password when it is not the PIN")
     slot.add_argument("--listen", action=_SlotOption, slot_field="listen", metavar="ADDR:PORT",
                       help="passthru/vpcd: address to listen on (default 127.0.0.1:2001 / 127.0.0.1:35963)")
     slot.add_argument("--allow", action=_SlotOption, slot_field="allow", append=True, metavar="ADDR[/BITS]",

@@ -51,7 +51,7 @@ DAEMON_KEYS = ("state_dir", "runtime_dir", "log_level", "control_group")
 FUNCTION_KEYS = ("kind", "name", "attributes")
 #: Keys of a [[slot]] table by engine ("engine" itself is allowed everywhere).
 SLOT_KEYS: dict[str, tuple[str, ...]] = {
-    "emulated": ("type", "name", "inserted", "certs", "db"),
+    "emulated": ("type", "name", "inserted", "certs", "db", "pin_file", "db_password_file"),
     "passthru": ("listen", "allow", "stay_attached"),
     "vpcd": ("listen", "allow"),
     "pcsc": ("reader", "exclusive"),
@@ -62,7 +62,8 @@ ALL_SLOT_KEYS = ("engine",) + tuple(dict.fromkeys(k for keys in SLOT_KEYS.values
 #: (`--removed` is `inserted = false`, `--shared` is `exclusive = false`).
 CLI_KEYS: dict[str, str] = {
     "--card": "slot.engine", "--type": "slot.type", "--name": "slot.name", "--removed": "slot.inserted",
-    "--cert": "slot.certs", "--db": "slot.db", "--listen": "slot.listen", "--allow": "slot.allow",
+    "--cert": "slot.certs", "--db": "slot.db", "--pin-file": "slot.pin_file",
+    "--db-password-file": "slot.db_password_file", "--listen": "slot.listen", "--allow": "slot.allow",
     "--stay-attached": "slot.stay_attached", "--reader": "slot.reader", "--shared": "slot.exclusive",
     "--udc": "gadget.udc", "--identity": "gadget.identity", "--vid": "gadget.vid", "--pid": "gadget.pid",
     "--manufacturer": "gadget.manufacturer", "--product": "gadget.product", "--serial": "gadget.serial",
@@ -379,6 +380,9 @@ class _Validator:
             spec.certs = self.string_list(prefix + "certs", t["certs"]) or []
         if "db" in t:
             spec.db = self.string(prefix + "db", t["db"])
+        for key in ("pin_file", "db_password_file"):
+            if key in t:
+                setattr(spec, key, self.string(prefix + key, t[key]))
         if "listen" in t and self.string(prefix + "listen", t["listen"]) is not None:
             try:
                 parse_listen(t["listen"])
@@ -412,8 +416,9 @@ class _Validator:
                 self.error(prefix + "certs", f"only a type = \"cac\" card takes certs (this slot is "
                                              f"{spec.type!r}); PIV and ISO cards keep their keys in the state "
                                              f"directory")
-            if spec.db is not None and spec.type != "cac":
-                self.error(prefix + "db", f"only a type = \"cac\" card takes db (this slot is {spec.type!r})")
+            for key in ("db", "pin_file", "db_password_file"):
+                if getattr(spec, key) is not None and spec.type != "cac":
+                    self.error(prefix + key, f"only a type = \"cac\" card takes {key} (this slot is {spec.type!r})")
         if engine == "pcsc" and not spec.reader:
             self.error(prefix + "reader", "missing: a pcsc slot needs reader = \"REGEX\" naming the PC/SC "
                                           "reader to relay")

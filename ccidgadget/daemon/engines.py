@@ -39,6 +39,8 @@ class SlotSpec:
     exclusive: bool = True                   # pcsc: exclusive access to the real card
     certs: list[str] = field(default_factory=list)   # cac: 3 nicknames (with db) or 3 files
     db: str | None = None                    # cac: sql:DIR NSS database
+    pin_file: str | None = None              # cac: file holding the PIN (the NSS password, as under QEMU)
+    db_password_file: str | None = None      # cac: file holding the NSS database password, if not the PIN
     inserted: bool = True                    # emulated: card in the slot at start
 
     def validate(self) -> None:
@@ -75,6 +77,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _read_secret(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as e:
+        raise EngineError(f"{what} {path}: {e.strerror}") from None
+
+
 def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: bool = False) -> Card:
     """Construct the engine for one slot.
 
@@ -93,7 +104,10 @@ def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: boo
             return PivCard.from_directory(card_dir, inserted=spec.inserted)
         if spec.type == "cac":
             from ..cards.cac import CacCard
-            return CacCard.from_sources(card_dir, certs=spec.certs, db=spec.db, inserted=spec.inserted)
+            # Secrets come from files (0600), never from the command line where `ps` shows them.
+            return CacCard.from_sources(card_dir, certs=spec.certs, db=spec.db, inserted=spec.inserted,
+                                        pin=_read_secret(spec.pin_file, "pin_file"),
+                                        db_password=_read_secret(spec.db_password_file, "db_password_file"))
     listen = parse_listen(spec.listen) if spec.listen else DEFAULT_LISTEN.get(spec.engine)
     if spec.engine == "passthru":
         from ..passthrough.vscard_server import VSCardServerCard

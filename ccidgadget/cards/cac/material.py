@@ -150,8 +150,8 @@ def export_nss_credential(db: str, nickname: str, password: str | None) -> CacCr
             if "BAD_PASSWORD" in message or "Incorrect password" in message:
                 if password is None:
                     raise CacMaterialError(
-                        f"{db} is protected by a password: give it as the PIN (--pin), as libcacard "
-                        "uses the database password as the card PIN, or with --db-password")
+                        f"{db} is protected by a password: give it as the PIN (--pin-file FILE), as libcacard "
+                        "uses the database password as the card PIN, or with --db-password-file FILE")
                 raise CacMaterialError(f"{db}: wrong database password")
             if "UNKNOWN_CERT" in message or "user certs" in message:
                 raise CacMaterialError(f"{db}: certificate {nickname!r} has no private key in the database")
