@@ -130,3 +130,16 @@ def test_password_protected_database_uses_the_pin(tmp_path):
     card = CacCard.from_sources(tmp_path / "s3", certs=NICKNAMES, db=db, db_password="4711", pin="246810")
     card.reset()
     assert verify_pin(card, b"246810") == 0x9000
+
+
+def test_second_start_reuses_stored_keys_without_exporting(nss_db, tmp_path, monkeypatch):
+    """pk12util costs 45 s per start on a slow board: certificates the state holds are not exported again."""
+    from ccidgadget.cards.cac import material
+    state = tmp_path / "state"
+    first = CacCard.from_sources(state, certs=NICKNAMES, db=nss_db)
+    calls = []
+    real_run = material._run
+    monkeypatch.setattr(material, "_run", lambda argv: calls.append(argv[0]) or real_run(argv))
+    second = CacCard.from_sources(state, certs=NICKNAMES, db=nss_db)
+    assert not any(c.endswith("pk12util") for c in calls)
+    assert [c.cert_der for c in second.credentials] == [c.cert_der for c in first.credentials]

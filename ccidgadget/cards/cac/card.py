@@ -62,6 +62,14 @@ def _pin_bytes(pin: str) -> bytes:
     return raw
 
 
+def _credentials_from_state(state: dict) -> list[CacCredential]:
+    try:
+        return [CacCredential(x509.load_der_x509_certificate(b64d(c["cert"])), CardKey.from_pem(c["key"]),
+                              c.get("source", "state")) for c in state["credentials"]]
+    except (KeyError, TypeError, ValueError, KeyLoadError) as e:
+        raise StorageError(f"malformed CAC card state: {e}") from None
+
+
 class CacCard(AppletCard):
     """``--card emulated --type cac``: a GSC-IS 2.1 CAC card with three RSA keys."""
 
@@ -106,11 +114,15 @@ class CacCard(AppletCard):
         """
         pin_value = _pin_bytes(pin) if pin is not None else None
         password = db_password if db_password is not None else pin
-        credentials = load_cac_material(certs, db, password=password)
         store = CardStore(Path(state_dir))
         state = store.load() if store.exists() else None
         if state is not None and state.get("type") != STATE_TYPE:
             raise StorageError(f"{store.directory} holds a {state.get('type')!r} card, not a CAC card")
+        known = {}
+        if state is not None and db is not None:
+            # Certificates already in the state need no slow key export from NSS.
+            known = {c.cert_der: c for c in _credentials_from_state(state)}
+        credentials = load_cac_material(certs, db, password=password, known=known)
 
         changed = state is None
         if state is not None:
@@ -139,12 +151,7 @@ class CacCard(AppletCard):
         state = store.load()
         if state.get("type") != STATE_TYPE:
             raise StorageError(f"{store.directory} holds a {state.get('type')!r} card, not a CAC card")
-        try:
-            creds = [CacCredential(x509.load_der_x509_certificate(b64d(c["cert"])), CardKey.from_pem(c["key"]),
-                                   c.get("source", "state")) for c in state["credentials"]]
-        except (KeyError, TypeError, ValueError, KeyLoadError) as e:
-            raise StorageError(f"malformed CAC card state: {e}") from None
-        return cls(creds, PinSlot.from_dict(state["pin"]), card_id=b64d(state["card_id"]), store=store,
+        return cls(_credentials_from_state(state), PinSlot.from_dict(state["pin"]), card_id=b64d(state["card_id"]), store=store,
                    inserted=inserted)
 
     def to_state(self) -> dict:

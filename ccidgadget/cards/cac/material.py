@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..keys import CardKey, KeyLoadError, load_key_and_cert
@@ -120,18 +121,31 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def export_nss_credential(db: str, nickname: str, password: str | None) -> CacCredential:
-    """Export one certificate and its key from an NSS database by nickname."""
+def export_nss_credential(db: str, nickname: str, password: str | None,
+                          known: dict[bytes, CacCredential] | None = None) -> CacCredential:
+    """Export one certificate and its key from an NSS database by nickname.
+
+    `known` maps certificate DER to credentials the card state already holds:
+    a certificate found there needs no key export.  pk12util always uses
+    600,000 PBKDF2 iterations, which costs 45 s per start on a slow board.
+    """
     directory = nss_dir(db)
     spec = f"sql:{directory}"
     if not (directory / "cert9.db").is_file():
         raise CacMaterialError(f"{db}: no NSS database (cert9.db) in {directory}; create it as docs/cac.md shows")
     certutil, pk12util = _nss_tool("certutil"), _nss_tool("pk12util")
 
-    found = _run([certutil, "-L", "-d", spec, "-n", nickname, "-r"])
+    found = _run([certutil, "-L", "-d", spec, "-n", nickname, "-a"])
     if found.returncode != 0:
         raise CacMaterialError(f"{db}: no certificate with nickname {nickname!r} "
                                f"(list them with: certutil -L -d {spec})")
+    if known:
+        try:
+            der = x509.load_pem_x509_certificate(found.stdout.encode()).public_bytes(serialization.Encoding.DER)
+        except ValueError:
+            der = b""
+        if der in known:
+            return known[der]
 
     with tempfile.TemporaryDirectory(prefix="ccidgadget-nss-") as tmp:   # mode 0700
         tmp_path = Path(tmp)
@@ -189,7 +203,8 @@ def load_file_credential(path: str | Path, password: str | None) -> CacCredentia
 
 
 def load_cac_material(certs: list[str], db: str | None = None, *,
-                      password: str | None = None) -> list[CacCredential]:
+                      password: str | None = None,
+                      known: dict[bytes, CacCredential] | None = None) -> list[CacCredential]:
     """Three credentials in CAC order (ID, email signature, email encryption).
 
     With `db`, `certs` are nicknames in that NSS database and `password` is
@@ -199,7 +214,7 @@ def load_cac_material(certs: list[str], db: str | None = None, *,
     certs = list(certs)
     _check_count(certs, "nicknames" if db else "files")
     if db is not None:
-        creds = [export_nss_credential(db, nick, password) for nick in certs]
+        creds = [export_nss_credential(db, nick, password, known) for nick in certs]
     else:
         creds = [load_file_credential(path, password) for path in certs]
     return creds
