@@ -70,8 +70,12 @@ class VpcdServerCard(TcpCardServer):
             # vpcd's IFDHPowerICC: power up (or reset a powered card), then get
             # the ATR.  Both in one write; only the ATR is answered.
             code = Ctrl.RESET if self._powered else Ctrl.ON
+            conn = self._client
             atr = await self._request(ctrl_frame(code) + ctrl_frame(Ctrl.ATR), "power on",
                                       self.response_timeout)
+            if self._client is not conn:
+                # answered, then gone before we resumed (see _probe)
+                raise CardAbsent("vicc disconnected")
             if not self._accept_atr(atr):
                 raise CardAbsent("vicc has no card")
             self._powered = True
@@ -131,6 +135,12 @@ class VpcdServerCard(TcpCardServer):
                         return
                     atr = await self._request(ctrl_frame(Ctrl.ATR), "get ATR",
                                               self.response_timeout)
+                    if self._client is not conn:
+                        # The client answered and disconnected before this task resumed: its
+                        # ATR must not mark the (now empty) slot present. (On Python 3.11
+                        # wait_for returns the result and swallows the cancel from
+                        # _client_disconnected when both happen in the same loop turn.)
+                        return
                     if self._accept_atr(atr):
                         return
                 await asyncio.sleep(self.absent_poll_interval)
