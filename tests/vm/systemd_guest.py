@@ -18,7 +18,9 @@ The recipe (systemd 252 from this machine's root file system, Debian's 6.12 kern
      test bed's job script (``/mnt/out/vm-job.sh``: environment, module loading, the command,
      its exit status in the results share) on the console and powers the guest off when it
      ends (``SuccessAction=``/``FailureAction=poweroff-force``; with ``-no-reboot`` QEMU exits);
-   * then ``exec /lib/systemd/systemd --unit=ccidgadget-test.target --log-target=console``.
+   * then ``exec /lib/systemd/systemd --unit=ccidgadget-test.target --log-target=journal-or-kmsg``
+     (PID 1's own messages about a unit, "Main process exited", "Watchdog timeout", ..., must be in
+     the journal for ``journalctl -u``; the console still shows the start-up status lines).
 3. The job therefore runs as a systemd service: ``systemctl``, ``journalctl`` and Type=notify
    units work from the tests (``systemctl`` talks to PID 1 over /run/systemd/private, no D-Bus).
 
@@ -120,7 +122,7 @@ cat > "$U/@RUNNER@" <<'CCIDGADGET_EOF'
 ln -sf "$U/@TARGET@" "$U/default.target"
 [ -s /etc/machine-id ] || echo 0123456789abcdef0123456789abcdef > /etc/machine-id
 echo "vm-pid1: exec systemd after $(cut -d' ' -f1 /proc/uptime) s"
-exec /lib/systemd/systemd --unit=@TARGET@ --log-target=console --log-level=@LOGLEVEL@ --show-status=@SHOWSTATUS@
+exec /lib/systemd/systemd --unit=@TARGET@ --log-target=journal-or-kmsg --log-level=@LOGLEVEL@ --show-status=@SHOWSTATUS@
 echo "vm-pid1: exec /lib/systemd/systemd failed"
 echo 1 > /proc/sys/kernel/sysrq; echo o > /proc/sysrq-trigger
 """
