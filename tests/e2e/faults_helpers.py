@@ -421,11 +421,21 @@ def vsc_expect_success(sock: socket.socket) -> None:
         raise ProtocolError(f"VSCard: expected Error(SUCCESS), got type {mtype} {payload.hex()}")
 
 
-def vsc_connect(port: int, atr: bytes = CLIENT_ATR, timeout: float = 20) -> socket.socket:
-    """A VSCard client as vscclient speaks: Init, ReaderRemove(0), ReaderAdd, ATR (card inserted)."""
+def vsc_connect(port: int, atr: bytes = CLIENT_ATR, timeout: float = 20, pipelined: bool = False) -> socket.socket:
+    """A VSCard client as vscclient speaks: Init, ReaderRemove(0), ReaderAdd, ATR (card inserted).
+
+    ``pipelined``: all four messages in one write, then the four answers (one round trip)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(vsc_msg(VSC_INIT, b"VSCD" + struct.pack(">II", 2, 0)))
+    init = vsc_msg(VSC_INIT, b"VSCD" + struct.pack(">II", 2, 0))
+    if pipelined:
+        s.sendall(init + vsc_msg(VSC_READER_REMOVE) + vsc_msg(VSC_READER_ADD, b"fault client") + vsc_msg(VSC_ATR, atr))
+        if vsc_recv(s)[0] != VSC_INIT:
+            raise ProtocolError("VSCard: expected Init")
+        for _ in range(3):
+            vsc_expect_success(s)
+        return s
+    s.sendall(init)
     mtype, _, _ = vsc_recv(s)
     if mtype != VSC_INIT:
         raise ProtocolError(f"VSCard: expected Init, got {mtype}")

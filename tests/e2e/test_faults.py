@@ -32,12 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from faults_helpers import (CLIENT_ATR, ICC_ABSENT, PC_TO_RDR_XFR_BLOCK, RDR_TO_PC_DATA_BLOCK, CcidDevice,
-                            Figures, ForkedClient, ProtocolError, authorize_cycle, ccid_message,
-                            daemon_status, driver_rebind, fd_count, find_ccid, report, rss_kib,
-                            usb_device_reset, vpcd_connect, vpcd_frame, vsc_connect, vsc_msg, wait_ccid)
+                            Figures, ForkedClient, authorize_cycle, ccid_message, daemon_status, driver_rebind,
+                            find_ccid, report, usb_device_reset, vpcd_connect, vpcd_frame, vsc_connect,
+                            wait_ccid)
 
 from ccidgadget.cards.iso import ISO_APPLET_AID
 
@@ -429,7 +427,8 @@ def check_card(piv: Piv, acked_pin: str, pending_pin: str | None,
 def test_kill_9_during_pin_changes_and_key_generation(daemon, tmp_path, e2e):
     state_dir = tmp_path / "state"
     card_dir = state_dir / "cards" / "slot0-piv"
-    rng = random.Random(int(os.environ.get("CCIDGADGET_FAULT_SEED", time.time())))
+    seed = int(os.environ.get("CCIDGADGET_FAULT_SEED", time.time()))      # set it to replay a run
+    rng = random.Random(seed)
     rounds = 8
     pin, key = "123456", None
     pending_pin, pending_key = None, False
@@ -481,7 +480,7 @@ def test_kill_9_during_pin_changes_and_key_generation(daemon, tmp_path, e2e):
         d = daemon("--state-dir", str(state_dir))
     leftovers = sorted(p.name for p in card_dir.iterdir() if p.name != "state.json")
     elapsed = time.monotonic() - t0
-    report(f"kill -9 during state changes: {rounds} kills in {elapsed:.0f} s, found after restart: {outcomes}; "
+    report(f"kill -9 during state changes (seed {seed}): {rounds} kills in {elapsed:.0f} s, found after restart: {outcomes}; "
            f"op times pin {statistics.mean(durations['pin']):.2f} s, keygen {statistics.mean(durations['keygen']):.2f} s; "
            f"files left in the card directory: {leftovers}")
     assert not [p for p in leftovers if not p.startswith(".state.json.")], leftovers
@@ -552,7 +551,7 @@ def test_full_and_read_only_state_directory(daemon, tmp_path, e2e, run_cmd):
 
 
 def vsc_cycle(port: int) -> None:
-    s = vsc_connect(port)
+    s = vsc_connect(port, pipelined=True)
     s.close()
 
 
