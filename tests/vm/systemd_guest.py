@@ -112,8 +112,7 @@ echo "vm-pid1: writing the test target and masks into /etc/systemd/system (overl
 U=/etc/systemd/system
 mkdir -p "$U"
 for unit in @MASKED@; do
-    rm -f "$U/$unit"
-    ln -s /dev/null "$U/$unit"
+    ln -sfn /dev/null "$U/$unit"
 done
 cat > "$U/@TARGET@" <<'CCIDGADGET_EOF'
 @TARGET_UNIT@CCIDGADGET_EOF
