@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import logging
+import os
 
 import functionfs
 from functionfs import ch9
@@ -36,6 +38,18 @@ MAX_BULK_IN_IN_FLIGHT = 16
 
 class _BulkOut(functionfs.EndpointOUTFile):
     owner: "CCIDFunction"
+
+    def _onComplete(self, aio_block, res, res2):
+        # python-functionfs resubmits the block after onComplete; on an
+        # endpoint the host just disabled that fails with EAGAIN (the file is
+        # non-blocking, see CCIDFunction.__enter__).  Hand the block back so
+        # the next ENABLE submits it again, rather than losing it.
+        try:
+            super()._onComplete(aio_block, res, res2)
+        except OSError as e:
+            if e.errno != errno.EAGAIN:
+                raise
+            self._release(aio_block)
 
     def onComplete(self, data, status):
         if data is None:
@@ -88,6 +102,16 @@ class CCIDFunction(functionfs.Function):
         self._bulk_in_in_flight = 0
         self._bulk_in_queue: collections.deque[bytes] = collections.deque()
         self._interrupt_busy = False
+
+    def __enter__(self):
+        super().__enter__()
+        # Data endpoints non-blocking: f_fs makes io_submit on an endpoint that
+        # is not enabled *wait* until it is, and the host may disable it (UDC
+        # unbind, reset) between our last check and a submit.  With O_NONBLOCK
+        # the submit fails with EAGAIN instead of freezing the event loop.
+        for endpoint in self._ep_list[1:]:
+            fcntl.fcntl(endpoint, fcntl.F_SETFL, fcntl.fcntl(endpoint, fcntl.F_GETFL) | os.O_NONBLOCK)
+        return self
 
     def getEndpointClass(self, is_in, descriptor):
         address = descriptor.bEndpointAddress

@@ -217,7 +217,10 @@ def test_pcsc_engine_relays_a_local_reader(daemon, pcscd, e2e, wait_for_reader, 
 
 
 class DaemonHungAfterDetach(AssertionError):
-    """The daemon stopped serving after it unbound its gadget (see the xfail below)."""
+    """The daemon stopped serving after it unbound its gadget.
+
+    It used to: a reply submitted on the bulk-IN endpoint the host had just
+    disabled blocked in io_submit (fixed by non-blocking endpoint files)."""
 
 
 def assert_still_serving(d, e2e, timeout: float = 20) -> None:
@@ -238,10 +241,6 @@ def assert_still_serving(d, e2e, timeout: float = 20) -> None:
 
 
 
-@pytest.mark.xfail(raises=DaemonHungAfterDetach, strict=False, reason=(
-    "ccidgadget/usb/function.py: after the gadget is unbound, a bulk-OUT command that completed just before "
-    "is answered with io_submit on the now disabled bulk-IN endpoint, which f_fs blocks until the endpoint "
-    "is enabled again (endpoint files are not O_NONBLOCK): the event loop hangs for good, SIGTERM included"))
 def test_vscard_reader_comes_and_goes_with_its_client(daemon, pcscd, e2e, wait_for_reader, watch):
     from smartcard.Exceptions import CardConnectionException
 
