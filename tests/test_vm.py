@@ -68,8 +68,21 @@ def _unavailable(reason: str):
     pytest.skip(f"VM test bed unavailable: {reason}")
 
 
+def _host_side_prerequisites() -> None:
+    """What the guest cannot make itself (it has no network): vicc's venv with pycryptodome."""
+    try:
+        from tests.passthrough.vicc import ViccUnavailable, ensure_vicc
+    except ImportError:
+        return
+    try:
+        ensure_vicc()
+    except ViccUnavailable as e:        # the guest test that needs vicc reports it
+        print(f"vicc prerequisite not ready: {e}")
+
+
 @pytest.fixture(scope="session")
 def vm_prepared():
+    _host_side_prerequisites()
     try:
         return testbed.prepare()
     except testbed.TestbedUnavailable as e:
