@@ -44,6 +44,16 @@ class _BulkOut(functionfs.EndpointOUTFile):
         # endpoint the host just disabled that fails with EAGAIN (the file is
         # non-blocking, see CCIDFunction.__enter__).  Hand the block back so
         # the next ENABLE submits it again, rather than losing it.
+        # The kernel reports that EAGAIN as the AIO *completion* (io_submit
+        # itself succeeds), and python-functionfs resubmits any completion
+        # but ESHUTDOWN at once: resubmit, EAGAIN, resubmit... a busy loop
+        # and a warning storm until the host enables us again.  Once we know
+        # we are disabled, park the block as ESHUTDOWN does (onEnable submits
+        # it); while we still think we are enabled (DISABLE not read yet, or
+        # superseded by a pending ENABLE) resubmit, or the block could be
+        # parked after the ENABLE that should have resubmitted it.
+        if res == -errno.EAGAIN and not self.owner.enabled:
+            res = -errno.ESHUTDOWN
         try:
             super()._onComplete(aio_block, res, res2)
         except OSError as e:
@@ -53,7 +63,9 @@ class _BulkOut(functionfs.EndpointOUTFile):
 
     def onComplete(self, data, status):
         if data is None:
-            if status != -errno.ESHUTDOWN:
+            if status == -errno.EAGAIN:               # endpoint disabled (reset, unbind): see above
+                log.debug("bulk-OUT read on a disabled endpoint")
+            elif status != -errno.ESHUTDOWN:
                 log.warning("bulk-OUT transfer failed: %s", errno.errorcode.get(-status, status))
             return
         # A completion shorter than the AIO buffer ended with a short packet
@@ -220,7 +232,10 @@ class CCIDFunction(functionfs.Function):
         self._bulk_in_queue.appendleft(data)
 
     def _bulk_in_done(self, status: int) -> None:
-        if status < 0 and status != -errno.ESHUTDOWN:
+        if status == -errno.EAGAIN:
+            # submitted as the host disabled the endpoint: an answer for a session that is gone
+            log.debug("bulk-IN transfer on a disabled endpoint dropped")
+        elif status < 0 and status != -errno.ESHUTDOWN:
             log.warning("bulk-IN transfer failed: %s", errno.errorcode.get(-status, status))
         if not self.enabled:
             return
