@@ -150,6 +150,11 @@ class CCIDFunction(functionfs.Function):
         self.on_state("unbound")
 
     def onEnable(self):
+        if self.enabled:
+            # An ENABLE that replaces a DISABLE we never saw (f_fs coalesces
+            # them): answers queued for the previous host session must not
+            # reach the new one.
+            self._bulk_in_queue.clear()
         super().onEnable()                   # submits the bulk-OUT AIO blocks
         self.enabled = True
         self.suspended = False
