@@ -354,6 +354,21 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 [ -e /newroot/dev/fd ] || ln -s /proc/self/fd /newroot/dev/fd
+# Host folders that the fresh /tmp and /run above hide (a checkout under /tmp, as a CI may make):
+# each comes as its own read-only 9p share, overlaid with a tmpfs like the root.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    ccidgadget.share*=*)
+        tag=${arg%%=*}; tag=${tag#ccidgadget.}; path=${arg#*=}
+        mkdir -p /mnt/$tag/lower /mnt/$tag/rw && mount -t tmpfs tmpfs /mnt/$tag/rw
+        mkdir -p /mnt/$tag/rw/upper /mnt/$tag/rw/work /newroot$path
+        mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=@MSIZE@ $tag /mnt/$tag/lower \
+            || die "cannot mount the share $tag ($path)"
+        mount -t overlay -o lowerdir=/mnt/$tag/lower,upperdir=/mnt/$tag/rw/upper,workdir=/mnt/$tag/rw/work \
+            overlay /newroot$path || die "cannot overlay $path"
+        ;;
+    esac
+done
 hostname ccidgadget-vm
 if [ -f /newroot@OUT@/@PID1@ ]; then
     # run(init="systemd"): PID 1 goes to that script in the new root (it execs systemd)
@@ -541,11 +556,31 @@ def _job_script(command: str, cwd: str, env: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Guest paths that get fresh file systems (so the host's content there is hidden).
+GUEST_SHADOWED = ("/tmp", "/run")
+
+
+def hidden_host_paths() -> list[Path]:
+    """Folders the guest must see but that lie under a path it mounts afresh (a checkout in /tmp)."""
+    wanted = {REPO, CACHE, Path(sys.executable).parent.parent.resolve()}
+    out: list[Path] = []
+    for path in sorted(wanted, key=lambda p: len(p.parts)):
+        if any(path.is_relative_to(s) for s in GUEST_SHADOWED) and not any(path.is_relative_to(o) for o in out):
+            if " " in str(path):
+                raise TestbedUnavailable(f"{path} contains a space; the guest cannot share it")
+            out.append(path)
+    return out
+
+
 def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2) -> list[str]:
+    shares = hidden_host_paths()
     append = " ".join([
         "console=ttyS0,115200", "panic=-1", "loglevel=4", "mitigations=off", "rdinit=/init",
         "i8042.noaux", "i8042.nokbd", "random.trust_cpu=on", "tsc=unstable",
+        *(f"ccidgadget.share{i}={p}" for i, p in enumerate(shares)),
     ])
+    extra = [a for i, p in enumerate(shares) for a in
+             ("-virtfs", f"local,path={p},mount_tag=share{i},security_model=none,readonly=on,multidevs=remap")]
     return [
         QEMU, "-accel", "tcg,thread=multi", "-cpu", os.environ.get("CCIDGADGET_VM_CPU", "max"), "-m", str(memory), "-smp", str(smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
@@ -553,6 +588,7 @@ def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: 
         "-kernel", str(prepared.kernel), "-initrd", str(prepared.initramfs), "-append", append,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none,multidevs=remap",
+        *extra,
     ]
 
 
