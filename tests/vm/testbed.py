@@ -356,7 +356,7 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 [ -e /newroot/dev/fd ] || ln -s /proc/self/fd /newroot/dev/fd
 # Host folders that the fresh /tmp and /run above hide (a checkout under /tmp, as a CI may make):
 # each comes as its own read-only 9p share, overlaid with a tmpfs like the root.
-for arg in $(cat /proc/cmdline); do
+for arg in $(cat /newroot/proc/cmdline); do
     case "$arg" in
     ccidgadget.share*=*)
         tag=${arg%%=*}; tag=${tag#ccidgadget.}; path=${arg#*=}
