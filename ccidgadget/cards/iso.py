@@ -25,7 +25,7 @@ from .applet import Applet, AppletCard
 from .iso7816 import SW, ApduError, CommandAPDU, make_atr
 from .tlv import tlv
 
-ISO_APPLET_AID = bytes.fromhex("F0636369646761646765 74".replace(" ", ""))
+ISO_APPLET_AID = b"\xF0" + b"ccidgadget"        # proprietary RID F0 (ISO 7816-5), then our name
 ATR_HISTORICAL = b"ccidgadget"
 
 INS_READ_BINARY = 0xB0
