@@ -76,6 +76,11 @@ def installed_unit_text() -> str:
     paths = dict.fromkeys([str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     text = text.replace(SHIPPED_BINARY, f"{SYSTEM_PYTHON} -m ccidgadget")
     text = text.replace("[Service]\n", f"[Service]\nEnvironment=PYTHONPATH={':'.join(paths)}\n", 1)
+    # A checkout under /tmp (as a CI may make) would be hidden by the unit's PrivateTmp=yes:
+    # bind it into the service's namespace, read-only, on top of the private /tmp.
+    under_tmp = [p for p in paths if Path(p).is_relative_to("/tmp")]
+    if under_tmp:
+        text = text.replace("[Service]\n", f"[Service]\nBindReadOnlyPaths={' '.join(under_tmp)}\n", 1)
     return text
 
 
