@@ -18,6 +18,8 @@ import concurrent.futures
 import logging
 from typing import Callable
 
+from .presence import NO_PRESENCE, UserPresence
+
 log = logging.getLogger(__name__)
 
 PresenceListener = Callable[[bool], None]
@@ -128,8 +130,10 @@ class EmulatedCard(Card):
     #: Instruction bytes that only read in-memory state and finish in microseconds.
     QUICK_INS: frozenset[int] = frozenset()
 
-    def __init__(self, *, inserted: bool = True) -> None:
+    def __init__(self, *, inserted: bool = True, presence: UserPresence = NO_PRESENCE) -> None:
         super().__init__()
+        #: Asked (from the worker thread) before operations a touch policy guards.
+        self.presence = presence
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"card-{type(self).__name__}")
         self._powered = False
