@@ -5,8 +5,8 @@ right:  ccidgadget --card emulated --type piv --card passthru --listen 0.0.0.0:2
 
 The daemon reads /etc/ccidgadget/ccidgadget.toml (or --config FILE) first;
 options given on the command line win, and any --card replaces the file's
-slots.  Defaults are the configuration's (daemon/config.py), so the parser
-records only what was actually given.
+slots.  Defaults are the options' (ccidgadget/options.py), so the parser
+records only what was actually given, and both go through the same validator.
 
 Verbs on the running daemon (control socket, daemon/control.py):
     ccidgadget status [--json]      ccidgadget insert SLOT     ccidgadget remove SLOT
@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .daemon.engines import DEFAULT_EMULATED_TYPE, EMULATED_TYPES, ENGINES, EngineError, SlotSpec
+from .engines import EngineError
+from .options import (CARD_TYPES, DEFAULT_CARD_TYPE, DEFAULT_GADGET_NAME, DEFAULT_MANUFACTURER, DEFAULT_PRODUCT,
+                      DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, ENGINES, LOG_LEVELS, Engine, SlotSpec)
 from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError
 
 log = logging.getLogger("ccidgadget")
@@ -59,6 +61,7 @@ class _SlotOption(argparse.Action):
             getattr(spec, self.slot_field).append(value)
         else:
             setattr(spec, self.slot_field, value if self.const is None else self.const)
+        spec.given = spec.given | {self.slot_field}
 
 
 def _hex16(text: str) -> int:
@@ -86,10 +89,11 @@ def daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="configuration file (default /etc/ccidgadget/ccidgadget.toml if it exists)")
     slot = p.add_argument_group("slots (one per --card, in order; the options after a --card apply to it)")
-    slot.add_argument("--card", action=_NewSlot, metavar="ENGINE", choices=ENGINES,
-                      help=f"add a slot backed by ENGINE: {', '.join(ENGINES)} (default: one emulated slot)")
-    slot.add_argument("--type", action=_SlotOption, slot_field="type", choices=EMULATED_TYPES,
-                      help=f"emulated card type (default {DEFAULT_EMULATED_TYPE})")
+    slot.add_argument("--card", action=_NewSlot, metavar="ENGINE", choices=[e.value for e in Engine],
+                      help=f"add a slot backed by ENGINE: {', '.join(e.value for e in Engine)} "
+                           f"(default: one emulated slot)")
+    slot.add_argument("--type", action=_SlotOption, slot_field="type", choices=list(CARD_TYPES),
+                      help=f"emulated card type: {', '.join(CARD_TYPES)} (default {DEFAULT_CARD_TYPE})")
     slot.add_argument("--name", action=_SlotOption, slot_field="name",
                       help="emulated card's state directory name under STATE_DIR/cards (default slotN-TYPE)")
     slot.add_argument("--removed", action=_SlotOption, slot_field="inserted", nargs=0, const=False,
@@ -102,8 +106,10 @@ def daemon_parser() -> argparse.ArgumentParser:
                       help="CAC: file holding the card PIN (default 12345678, or the NSS password)")
     slot.add_argument("--db-password-file", action=_SlotOption, slot_field="db_password_file", metavar="FILE",
                       help="CAC: file holding the NSS database password when it is not the PIN")
+    listen = " / ".join(f"{info.default_listen[0]}:{info.default_listen[1]}" for info in ENGINES.values()
+                        if info.default_listen)
     slot.add_argument("--listen", action=_SlotOption, slot_field="listen", metavar="ADDR:PORT",
-                      help="passthru/vpcd: address to listen on (default 127.0.0.1:2001 / 127.0.0.1:35963)")
+                      help=f"passthru/vpcd: address to listen on (default {listen})")
     slot.add_argument("--allow", action=_SlotOption, slot_field="allow", append=True, metavar="ADDR[/BITS]",
                       help="passthru/vpcd: accept clients only from these addresses (repeatable)")
     slot.add_argument("--stay-attached", action=_SlotOption, slot_field="stay_attached", nargs=0, const=True,
@@ -118,18 +124,19 @@ def daemon_parser() -> argparse.ArgumentParser:
                      help=f"VID:PID preset (default {DEFAULT_PRESET}): {presets}")
     usb.add_argument("--vid", type=_hex16, help="USB vendor id in hex (overrides --identity)")
     usb.add_argument("--pid", type=_hex16, help="USB product id in hex (overrides --identity)")
-    usb.add_argument("--manufacturer", help="manufacturer string (default ccidgadget)")
-    usb.add_argument("--product", help="product string (default 'ccidgadget CCID reader')")
+    usb.add_argument("--manufacturer", help=f"manufacturer string (default {DEFAULT_MANUFACTURER})")
+    usb.add_argument("--product", help=f"product string (default '{DEFAULT_PRODUCT}')")
     usb.add_argument("--serial", help="serial number string (default: stable per board, from the machine id)")
-    usb.add_argument("--gadget-name", help="configfs gadget directory name (default ccidgadget)")
+    usb.add_argument("--gadget-name", dest="gadget_name",
+                     help=f"configfs gadget directory name (default {DEFAULT_GADGET_NAME})")
     usb.add_argument("--max-message-length", type=int,
                      help="dwMaxCCIDMessageLength, bytes including the 10-byte header")
     run = p.add_argument_group("daemon")
     run.add_argument("--state-dir", type=Path,
-                     help="where emulated cards keep their state (default /var/lib/ccidgadget)")
+                     help=f"where emulated cards keep their state (default {DEFAULT_STATE_DIR})")
     run.add_argument("--runtime-dir", type=Path,
-                     help="FunctionFS mount point and control socket (default /run/ccidgadget)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help=f"FunctionFS mount point and control socket (default {DEFAULT_RUNTIME_DIR})")
+    run.add_argument("--log-level", choices=LOG_LEVELS,
                      help="log verbosity (default info); APDU contents are never logged")
     run.add_argument("--control-group", metavar="GROUP",
                      help="group allowed to use the control socket (default: root only)")
@@ -151,10 +158,6 @@ def load_config(args: argparse.Namespace):
     return config.apply_cli(config.load(getattr(args, "config", None)), _given(args))
 
 
-def options_from_args(args) -> "DaemonOptions":
-    return load_config(args).to_options()
-
-
 def _config_error(e) -> int:
     print(f"ccidgadget: configuration error (nothing was started):\n{e}", file=sys.stderr)
     return EXIT_CONFIG
@@ -173,9 +176,7 @@ def run_daemon(argv: list[str]) -> int:
         return _config_error(e)
     except EngineError as e:
         parser.error(str(e))
-    loader = lambda: load_config(args).to_options()     # noqa: E731 - reload re-reads the same sources
-    daemon = Daemon(cfg.to_options(), notifier=Notifier(), loader=loader)
-    daemon.config_source = cfg.source
+    daemon = Daemon(cfg, notifier=Notifier(), loader=lambda: load_config(args))   # reload re-reads the same sources
     setup_logging(cfg.log_level, engine_of=daemon.engine_of)
     log.info("ccidgadget %s starting (configuration: %s)", __version__, cfg.source, extra={"event": "start"})
     try:
@@ -197,7 +198,8 @@ def _client_parser(verb: str, description: str) -> argparse.ArgumentParser:
 
 
 def _socket_path(args) -> Path:
-    from .daemon.config import CONTROL_SOCKET_NAME, peek_runtime_dir
+    from .daemon.config import peek_runtime_dir
+    from .options import CONTROL_SOCKET_NAME
     if args.socket:
         return args.socket
     return peek_runtime_dir(args.config) / CONTROL_SOCKET_NAME
@@ -279,7 +281,7 @@ def run_check_config(argv: list[str]) -> int:
         cfg = config.load(args.config)
     except config.ConfigError as e:
         return _config_error(e)
-    ident = cfg.usb_identity()
+    ident = cfg.usb_identity
     slots = ", ".join(f"{s.engine}" + (f" {s.type}" if s.engine == "emulated" else "") for s in cfg.slots)
     print(f"{cfg.source}: OK: {ident.vid:04x}:{ident.pid:04x}, {len(cfg.slots)} slot(s): {slots}"
           + (f"; functions: {', '.join(f.kind + '.' + f.name for f in cfg.functions)}" if cfg.functions else ""))
@@ -303,14 +305,14 @@ def run_cleanup(argv: list[str]) -> int:
     except config.ConfigError as e:
         # The file may have been broken after the gadget was made: clean up by the defaults' names.
         log.warning("configuration not usable, cleaning up with default names: %s", e)
-        cfg = config.Config()
-    sock = cfg.control_socket
+        cfg = config.DaemonOptions()
+    sock = cfg.control_socket_path
     if sock.exists() and _answers(sock):
         print(f"ccidgadget cleanup: the daemon is running ({sock} answers); stop it first", file=sys.stderr)
         return 1
     if not (CONFIGFS / "usb_gadget").is_dir():
         return 0
-    gadget = ConfigfsGadget(name=cfg.gadget_name, identity=cfg.usb_identity(), runtime_dir=cfg.runtime_dir)
+    gadget = ConfigfsGadget(name=cfg.gadget_name, identity=cfg.usb_identity, runtime_dir=cfg.runtime_dir)
     try:
         gadget.cleanup_stale()
     except (GadgetError, OSError) as e:

@@ -18,11 +18,16 @@ import concurrent.futures
 import logging
 from typing import Callable
 
+from ..options import Engine
 from .presence import NO_PRESENCE, UserPresence
 
 log = logging.getLogger(__name__)
 
 PresenceListener = Callable[[bool], None]
+
+
+class CardSetupError(Exception):
+    """A card engine cannot be built: unusable state, bad key material... (the message says which and why)."""
 
 
 class CardError(Exception):
@@ -57,8 +62,8 @@ class Card(abc.ABC):
       hardware error for it.
     """
 
-    #: Short engine name for logs and status ("emulated", "passthru", ...).
-    engine: str = "card"
+    #: The engine's name as configuration, status and the journal spell it (`options.Engine`).
+    engine: Engine
 
     def __init__(self) -> None:
         self._present = False
@@ -126,7 +131,7 @@ class EmulatedCard(Card):
     the commands that dominate a session.
     """
 
-    engine = "emulated"
+    engine = Engine.EMULATED
     #: Instruction bytes that only read in-memory state and finish in microseconds.
     QUICK_INS: frozenset[int] = frozenset()
 

@@ -185,3 +185,8 @@ class IsoCard(AppletCard):
                 raise ApduError(SW.REFERENCE_NOT_FOUND)
             return tlv(TAG_SERIAL, self.serial.encode())
         raise ApduError(SW.INS_NOT_SUPPORTED)
+
+
+def build_card(spec, context) -> IsoCard:
+    """`--card emulated --type iso` (options.CARD_TYPES)."""
+    return IsoCard(inserted=spec.inserted)

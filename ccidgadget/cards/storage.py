@@ -33,6 +33,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .base import CardSetupError
+
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "ccidgadget-card"
@@ -42,7 +44,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-class StorageError(Exception):
+class StorageError(CardSetupError):
     """The card state could not be read or written."""
 
 

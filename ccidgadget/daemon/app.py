@@ -1,97 +1,64 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The daemon: one asyncio loop running the gadget, the reader, every card and the control socket.
 
-Start-up order matters on real controllers (dwc2 rejects requests while the
-bus is suspended): everything slow (card state, keys, sockets) is ready
-before the UDC is bound, so the host never sees a half-made reader.
-Teardown runs in reverse: unbind, close FunctionFS, stop the cards, remove
-the gadget.
-
-Around that core:
-- the control socket (control.py) starts first, so a second daemon on the
-  same runtime directory stops before it touches configfs;
-- a gadget a crashed run left behind is removed before ours is built
-  (ConfigfsGadget.create -> cleanup_stale, which also unmounts a stale
-  FunctionFS mount of our instance);
-- systemd hears READY=1 once the UDC is bound, STATUS= whenever the USB
-  state or a slot changes, WATCHDOG=1 from this loop (notify.py);
-- reload (control verb or SIGHUP) applies a changed configuration: slot
-  engines and cards are swapped in place while the host stays connected;
-  a change of identity, UDC, functions or slot count rebuilds the gadget
-  (the host sees the reader go and come back).
+`run()` serves one configuration at a time (`_serve`): build the slots' card engines, start them, bring
+up the USB device (usb/device.py: configfs gadget + FunctionFS) and bind it, then wait to be stopped or
+re-enumerated; teardown runs in reverse.  Around that:
+- the control socket (control.py) starts first, so a second daemon on the same runtime directory stops
+  before it touches configfs;
+- systemd hears READY=1 once the UDC is bound, STATUS= whenever the USB state or a slot changes, WATCHDOG=1
+  from this loop (notify.py);
+- reload (control verb or SIGHUP) re-reads the configuration, asks `reload.plan(old, new)` what to do and
+  does it: swap slot engines in place while the host stays connected, or re-enumerate with the new
+  configuration; a re-enumeration that fails goes back to the previous configuration, and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import __version__
 from ..cards.base import Card, EmulatedCard
 from ..ccid import ReaderConfig
-from ..usb.gadget import ConfigfsGadget, ExtraFunction, GadgetError, Identity
+from ..engines import CardContext, EngineError, build_card
+from ..options import ENGINES, DaemonOptions, SlotSpec
+from ..usb.device import UsbDevice
+from ..usb.gadget import GadgetError
 from .control import ControlError, ControlServer
-from .engines import EngineError, SlotSpec, build_card
+from .reload import ReloadPlan, plan
 from .service import ReaderService
 
 log = logging.getLogger(__name__)
 
-CONTROL_SOCKET_NAME = "control.sock"
+DeviceFactory = Callable[..., UsbDevice]
 
 
 @dataclass
-class DaemonOptions:
-    slots: list[SlotSpec] = field(default_factory=lambda: [SlotSpec()])
-    identity: Identity | None = None
-    udc: str | None = None
-    gadget_name: str = "ccidgadget"
-    state_dir: Path = Path("/var/lib/ccidgadget")
-    runtime_dir: Path = Path("/run/ccidgadget")
-    max_message_length: int | None = None
-    extra_functions: list[ExtraFunction] = field(default_factory=list)
-    log_level: str = "info"
-    control_group: str | None = None         # None: the control socket is root-only (0600)
-    control_socket: bool = True              # False: no control socket (embedding, tests)
+class _Reenumeration:
+    """A reload that needs the host to enumerate the device again, until the new configuration is up."""
 
-    @property
-    def shared_gadget(self) -> bool:
-        """More than our one slot on the USB device: no slot may take the device off the bus."""
-        return len(self.slots) > 1 or bool(self.extra_functions)
-
-    def gadget_key(self) -> tuple:
-        """Everything that, when changed, needs the host to enumerate the gadget again."""
-        return (self.identity, self.udc, self.gadget_name, self.max_message_length,
-                tuple((f.kind, f.name, tuple(sorted(f.attributes.items()))) for f in self.extra_functions),
-                len(self.slots))
-
-
-#: Why a slot's card cannot be inserted or removed from here, by engine.
-_PRESENCE_OWNER = {
-    "passthru": "its card is present while a VSCard client (QEMU's vscclient) is connected with a card; "
-                "remove it on the client side",
-    "vpcd": "its card is present while a vpcd client (vicc, or 'ccidgadget vpcd-card') is connected; "
-            "stop the client to remove it",
-    "pcsc": "it relays a real card: pull the card out of the PC/SC reader",
-}
+    previous: DaemonOptions
+    #: resolved by the run loop: None once the new configuration is bound, else why it went back
+    done: asyncio.Future
 
 
 class Daemon:
-    """Owns the gadget, the FunctionFS function, the reader service and the control socket."""
+    """Owns the USB device, the reader service and the control socket."""
 
     def __init__(self, options: DaemonOptions, *, notifier=None,
-                 loader: Callable[[], DaemonOptions] | None = None) -> None:
+                 loader: Callable[[], DaemonOptions] | None = None,
+                 device_factory: DeviceFactory = UsbDevice) -> None:
         self.options = options
         self.notifier = notifier
         self.loader = loader                   # re-reads the configuration for reload
-        self.config_source: str | None = None
-        self.gadget: ConfigfsGadget | None = None
-        self.function = None
+        self.device_factory = device_factory
+        self.device: UsbDevice | None = None
         self.service: ReaderService | None = None
         self.control: ControlServer | None = None
         self.started_at = time.time()
@@ -99,55 +66,52 @@ class Daemon:
         self.state = "starting"
         self.reloads = 0
         self.last_reload: dict | None = None
-        self._stop = asyncio.Event()
-        self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._reenumerate = False
-        self._reenumerated: asyncio.Future | None = None
-        self._reload_lock: asyncio.Lock | None = None
+        self._wake = asyncio.Event()
+        self._reenumeration: _Reenumeration | None = None
+        self._reload_lock = asyncio.Lock()
         self._watchdog_task: asyncio.Task | None = None
 
     def request_stop(self) -> None:
         self._stopping = True
-        self._stop.set()
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     # -- status -------------------------------------------------------------
     def status(self) -> dict:
-        fn = self.function
-        ident = self.options.identity
-        slots = self.service.describe() if self.service else []
-        for info in slots:
-            spec = self.options.slots[info["slot"]] if info["slot"] < len(self.options.slots) else None
-            if spec is not None and spec.engine == "emulated":
+        device = self.device
+        ident = self.options.usb_identity
+        slots = []
+        for status in (self.service.statuses() if self.service else []):
+            info = status.to_json()
+            spec = self.options.slots[status.slot] if status.slot < len(self.options.slots) else None
+            if spec is not None and spec.card_type is not None:
                 info.setdefault("type", spec.type)
+            slots.append(info)
         return {
             "version": __version__,
             "pid": os.getpid(),
             "state": self.state,
-            "config": self.config_source,
-            "gadget": str(self.gadget.root) if self.gadget else None,
-            "udc": self.gadget.udc if self.gadget else None,
-            "bound": bool(self.gadget and self.gadget.bound),
+            "config": self.options.source,
+            "gadget": str(device.root) if device else None,
+            "udc": device.udc if device else None,
+            "bound": bool(device and device.bound),
             "usb_state": self.usb_state,
-            "host_connected": bool(fn and fn.enabled),
-            "enumerations": fn.enumerations if fn else 0,
-            "identity": ({"vid": f"{ident.vid:04x}", "pid": f"{ident.pid:04x}", "manufacturer": ident.manufacturer,
-                          "product": ident.product} if ident else None),
-            "functions": [f"{f.kind}.{f.name}" for f in self.options.extra_functions],
+            "host_connected": bool(device and device.host_connected),
+            "enumerations": device.enumerations if device else 0,
+            "identity": {"vid": f"{ident.vid:04x}", "pid": f"{ident.pid:04x}", "manufacturer": ident.manufacturer,
+                         "product": ident.product},
+            "functions": [f"{f.kind}.{f.name}" for f in self.options.functions],
             "uptime_s": round(time.time() - self.started_at, 1),
             "reloads": self.reloads,
             "slots": slots,
         }
 
     def engine_of(self, slot: int) -> str | None:
-        """For the journal's ENGINE= field."""
+        """The journal's ENGINE= field: "emulated-piv", "passthru"..."""
         try:
-            spec = self.options.slots[slot]
+            return self.options.slots[slot].label
         except (IndexError, TypeError):
             return None
-        return f"emulated-{spec.type}" if spec.engine == "emulated" else spec.engine
 
     def _on_usb_state(self, state: str) -> None:
         self.usb_state = state
@@ -155,12 +119,12 @@ class Daemon:
 
     def status_line(self) -> str:
         if self.service is None:
-            return f"{self.state}"
-        host = "host connected" if self.function is not None and self.function.enabled else "no host"
-        udc = self.gadget.udc if self.gadget else "?"
-        slots = "; ".join(f"slot {s['slot']} {self.engine_of(s['slot']) or s['engine']}: "
-                          f"{'card present' if s['present'] else 'empty'}, {s['apdus']} APDUs"
-                          for s in self.service.describe())
+            return self.state
+        host = "host connected" if self.device is not None and self.device.host_connected else "no host"
+        udc = self.device.udc if self.device else "?"
+        slots = "; ".join(f"slot {s.slot} {self.engine_of(s.slot) or s.engine}: "
+                          f"{'card present' if s.present else 'empty'}, {s.apdus} APDUs"
+                          for s in self.service.statuses())
         return f"USB {self.usb_state} on {udc}, {host}; {slots}"
 
     def _notify_status(self) -> None:
@@ -181,7 +145,9 @@ class Daemon:
         card = self._card(slot)
         verb = "insert" if present else "remove"
         if not isinstance(card, EmulatedCard):
-            why = _PRESENCE_OWNER.get(card.engine, "only emulated cards can be inserted and removed from here")
+            info = ENGINES.get(card.engine)
+            why = (info.presence_owner if info and info.presence_owner
+                   else "only emulated cards can be inserted and removed from here")
             raise ControlError(f"cannot {verb} the card of slot {slot}: it is a {card.engine} slot; {why}")
         changed = card.present != present
         if changed:
@@ -212,7 +178,7 @@ class Daemon:
                 self.notifier.reloading()
             self.state = "reloading"
             try:
-                result = await self.apply(new)
+                result = await self._execute(plan(self.options, new))
             finally:
                 self.state = "running" if not self._stopping else "stopping"
                 if self.notifier:
@@ -223,55 +189,37 @@ class Daemon:
             log.info("reload: %s", result["message"], extra={"event": "reload"})
             return result
 
-    async def apply(self, new: DaemonOptions) -> dict:
-        old = self.options
-        notes: list[str] = []
-        if new.runtime_dir != old.runtime_dir:
-            notes.append(f"runtime_dir stays {old.runtime_dir} until the next restart")
-            new = dataclasses.replace(new, runtime_dir=old.runtime_dir)
-        if new.log_level != old.log_level:
+    async def _execute(self, p: ReloadPlan) -> dict:
+        if p.log_level:
             from .journal import set_level
-            set_level(new.log_level)
-            notes.append(f"log level {new.log_level}")
-        if new.control_group != old.control_group and self.control is not None:
-            self.control.apply_permissions(new.control_group)
-            notes.append(f"control socket group {new.control_group or 'root only'}")
-        if new.gadget_key() != old.gadget_key():
-            what = [name for name, a, b in (
-                ("identity", old.identity, new.identity), ("udc", old.udc, new.udc),
-                ("gadget name", old.gadget_name, new.gadget_name),
-                ("max_message_length", old.max_message_length, new.max_message_length),
-                ("functions", old.gadget_key()[4], new.gadget_key()[4]),
-                ("number of slots", len(old.slots), len(new.slots))) if a != b]
-            await self._reenumerate_with(new)
-            message = (f"re-enumerated: {', '.join(what)} changed, which the host only learns by enumerating "
-                       f"the device again (the reader disconnected and came back)")
-            return {"reenumerated": True, "changed": what, "slots_replaced": list(range(len(new.slots))),
-                    "message": "; ".join([message] + notes)}
-        replaced = []
-        state_dir_changed = new.state_dir != old.state_dir
-        for slot, (a, b) in enumerate(zip(old.slots, new.slots)):
-            if a != b or (state_dir_changed and b.engine == "emulated"):
-                await self._replace_slot(slot, b, new.state_dir)
-                replaced.append(slot)
-        self.options = new
-        if replaced:
-            message = f"slot(s) {', '.join(map(str, replaced))} replaced without re-enumerating"
-        else:
-            message = "no slot changed"
-        return {"reenumerated": False, "changed": [f"slot {s}" for s in replaced], "slots_replaced": replaced,
-                "message": "; ".join([message] + notes)}
+            set_level(p.log_level)
+        if p.control_group_changed and self.control is not None:
+            self.control.apply_permissions(p.options.control_group)
+        if p.reenumerate:
+            await self._reenumerate(p.options)
+            message = (f"re-enumerated: {', '.join(p.reenumerate)} changed, which the host only learns by "
+                       f"enumerating the device again (the reader disconnected and came back)")
+            return {"reenumerated": True, "changed": list(p.reenumerate),
+                    "slots_replaced": list(range(len(p.options.slots))),
+                    "message": "; ".join((message,) + p.notes)}
+        for slot in p.replace:
+            await self._replace_slot(slot, p.options)
+        self.options = p.options
+        message = (f"slot(s) {', '.join(map(str, p.replace))} replaced without re-enumerating" if p.replace
+                   else "no slot changed")
+        return {"reenumerated": False, "changed": [f"slot {s}" for s in p.replace], "slots_replaced": list(p.replace),
+                "message": "; ".join((message,) + p.notes)}
 
-    async def _replace_slot(self, slot: int, spec: SlotSpec, state_dir: Path) -> None:
+    async def _replace_slot(self, slot: int, new: DaemonOptions) -> None:
         """Swap one slot's card engine while the reader stays on the bus."""
+        spec = new.slots[slot]
         try:
-            card = build_card(spec, slot, state_dir, shared_gadget=self.options.shared_gadget)
-        except Exception as e:
+            card = build_card(spec, self._context(slot, new))
+        except EngineError as e:
             raise ControlError(f"slot {slot} not replaced: cannot build its {spec.engine} card: {e}") from None
-        service = self.service
         card.add_presence_listener(lambda present: self._notify_status())
         try:
-            await service.replace_card(slot, card)
+            await self.service.replace_card(slot, card)
         except Exception as e:
             log.error("slot %d: the new %s engine did not start: %s", slot, spec.engine, e,
                       extra={"slot": slot, "event": "reload-failed"})
@@ -281,27 +229,27 @@ class Daemon:
             # engine_of() must describe the new engine from here on
             slots = list(self.options.slots)
             slots[slot] = spec
-            self.options = dataclasses.replace(self.options, slots=slots)
-        log.info("slot %d: now %s", slot, self.engine_of(slot), extra={"slot": slot, "event": "replace"})
+            self.options = self.options.copy()
+            self.options.slots = slots
+        log.info("slot %d: now %s", slot, spec.label, extra={"slot": slot, "event": "replace"})
 
-    async def _reenumerate_with(self, new: DaemonOptions) -> None:
-        loop = asyncio.get_running_loop()
-        self._previous_options = self.options
+    async def _reenumerate(self, new: DaemonOptions) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._reenumeration = _Reenumeration(previous=self.options, done=done)
         self.options = new
-        self._reenumerated = loop.create_future()
-        self._reenumerate = True
         self._wake.set()
-        error = await self._reenumerated
+        error = await done
         if error is not None:
             raise ControlError(error)
+
+    def _reenumeration_over(self, error: str | None) -> None:
+        r, self._reenumeration = self._reenumeration, None
+        if r is not None and not r.done.done():
+            r.done.set_result(error)
 
     # -- run ----------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
-        if self._stop.is_set():
-            self._wake.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -311,36 +259,30 @@ class Daemon:
                 self._watchdog_task = loop.create_task(self._watchdog(interval))
         try:
             if self.options.control_socket:
-                self.control = ControlServer(self, self.options.runtime_dir / CONTROL_SOCKET_NAME,
+                self.control = ControlServer(self, self.options.control_socket_path,
                                              group=self.options.control_group)
                 try:
                     await self.control.start()
                 except ControlError as e:
                     self.control = None
                     raise GadgetError(str(e)) from None
-            while True:
-                self._reenumerate = False
+            while not self._stopping:
                 try:
-                    await self._run_gadget()
+                    await self._serve(self.options)
                 except (GadgetError, EngineError, OSError) as e:
-                    if self._reenumerated is None or self._reenumerated.done():
+                    r = self._reenumeration
+                    if r is None:
                         raise
-                    # A re-enumeration with the new configuration failed: go back to the old one.
                     message = (f"re-enumeration with the new configuration failed ({e}); "
                                f"went back to the previous configuration")
                     log.error("%s", message, extra={"event": "reload-failed"})
-                    self._reenumerated.set_result(message)
-                    self.options = self._previous_options
-                    self._reenumerate = True
-                if not self._reenumerate or self._stopping:
-                    break
-                self._wake.clear()
+                    self.options = r.previous
+                    self._reenumeration_over(message)
         finally:
             self.state = "stopping"
             if self.notifier:
                 self.notifier.stopping()
-            if self._reenumerated is not None and not self._reenumerated.done():
-                self._reenumerated.set_result("the daemon is stopping")
+            self._reenumeration_over("the daemon is stopping")
             if self._watchdog_task is not None:
                 self._watchdog_task.cancel()
             if self.control is not None:
@@ -363,42 +305,39 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    async def _run_gadget(self) -> None:
-        from ..usb.function import CCIDFunction       # imports libaio: only where USB is used
+    @staticmethod
+    def _context(slot: int, opts: DaemonOptions) -> CardContext:
+        return CardContext(slot=slot, state_dir=opts.state_dir, shared_gadget=opts.shared_gadget)
 
-        opts = self.options
-        loop = asyncio.get_running_loop()
+    async def _build_cards(self, opts: DaemonOptions) -> list[Card]:
+        cards: list[Card] = []
+        try:
+            for slot, spec in enumerate(opts.slots):
+                cards.append(build_card(spec, self._context(slot, opts)))
+        except BaseException:
+            for card in cards:              # built, never started: only their worker pools to release
+                await card.stop()
+            raise
+        return cards
+
+    async def _serve(self, opts: DaemonOptions) -> None:
+        """Run the reader with `opts` until a stop or a re-enumeration is asked for."""
+        self._wake.clear()
         self.state = "starting"
-        cards = [build_card(spec, slot, opts.state_dir, shared_gadget=opts.shared_gadget)
-                 for slot, spec in enumerate(opts.slots)]
+        cards = await self._build_cards(opts)
         config = ReaderConfig(slots=len(cards))
         if opts.max_message_length:
             config = ReaderConfig(slots=len(cards), max_message_length=opts.max_message_length)
         self.service = ReaderService(cards, config=config)
-        for slot, card in enumerate(cards):
+        for card in cards:
             card.add_presence_listener(lambda present: self._notify_status())
-
-        self.gadget = ConfigfsGadget(name=opts.gadget_name, identity=opts.identity, udc=opts.udc,
-                                     runtime_dir=opts.runtime_dir, extra_functions=opts.extra_functions)
-        try:
-            mount = self.gadget.create()        # removes what a crashed run left first
-        except BaseException:
-            for card in cards:
-                try:
-                    await card.stop()
-                except Exception:
-                    pass
-            raise
         try:
             await self.service.start()
-            self.function = CCIDFunction(str(mount), self.service, on_state=self._on_usb_state,
-                                         interface_name=self.options.identity.product)
-            self.function.__enter__()
-            try:
-                loop.add_reader(self.function.eventfd.fileno(), self._process_usb_events)
+            with self.device_factory(opts, self.service, on_state=self._on_usb_state) as device:
+                self.device = device
                 detachable = self._detachable_reader(cards)
                 if detachable is None or detachable.attached:
-                    self.gadget.bind()
+                    device.bind()
                     self.usb_state = "bound"
                 else:
                     # QEMU's passthru scenario: the USB device appears when a
@@ -410,10 +349,8 @@ class Daemon:
                 if self.notifier:
                     self.notifier.ready()
                 self._notify_status()
-                log.info("reader ready: %d slot(s) on UDC %s", len(cards), self.gadget.udc,
-                         extra={"event": "ready"})
-                if self._reenumerated is not None and not self._reenumerated.done():
-                    self._reenumerated.set_result(None)
+                log.info("reader ready: %d slot(s) on UDC %s", len(cards), device.udc, extra={"event": "ready"})
+                self._reenumeration_over(None)
                 await self._wake.wait()
                 if self._stopping:
                     log.info("stopping", extra={"event": "stop"})
@@ -422,42 +359,32 @@ class Daemon:
                         self.notifier.stopping()
                 else:
                     log.info("re-enumerating with the new configuration", extra={"event": "reenumerate"})
-            finally:
-                self.gadget.unbind()
-                loop.remove_reader(self.function.eventfd.fileno())
-                self.function.__exit__(None, None, None)
-                self.function = None
         finally:
+            self.device = None
             await self.service.stop()
-            self.gadget.destroy()
 
     @staticmethod
-    def _detachable_reader(cards):
+    def _detachable_reader(cards: list[Card]):
         """The single passthru engine that decides when the reader is on the bus, if any."""
         if len(cards) == 1 and hasattr(cards[0], "add_attach_listener"):
             return cards[0]
         return None
 
     def _on_attach(self, attached: bool) -> None:
-        gadget = self.gadget
-        if gadget is None:
+        device = self.device
+        if device is None:
             return
         try:
             if attached:
-                gadget.bind()
+                device.bind()
                 self.usb_state = "bound"
             else:
-                gadget.unbind()
+                device.unbind()
                 self.usb_state = "detached (no VSCard client)"
         except (GadgetError, OSError) as e:
             log.error("could not %s the reader: %s", "attach" if attached else "detach", e,
                       extra={"event": "attach-failed"})
         self._notify_status()
 
-    def _process_usb_events(self) -> None:
-        try:
-            self.function.processEvents()
-        except Exception:
-            # One bad ep0 exchange (stalled already by python-functionfs) must
-            # not take the reader down.
-            log.exception("error while handling USB events")
+
+__all__ = ["Daemon", "DaemonOptions", "SlotSpec"]

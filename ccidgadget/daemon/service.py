@@ -1,15 +1,17 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The reader service: the sans-IO CCID core wired to card engines and a USB transport.
 
-This is the only place where the protocol core meets asyncio.  It is
-transport-agnostic: the FunctionFS adapter (ccidgadget.usb.function) and the
-in-process test/benchmark transport both implement `Transport`.
+This is the only place where the protocol core meets asyncio.  It is transport-agnostic: the FunctionFS
+adapter (ccidgadget.usb.function) and the in-process test/benchmark transports both implement `Transport`
+and call the `HostSide` methods.
 
 Flow for one XfrBlock:
     transport -> service.bulk_out(bytes) -> Reader.receive_bulk_out
     Reader emits Transmit(slot, token, apdu) -> a task awaits card.transmit
     -> Reader.card_answer(token, rapdu) -> BulkIn(message) -> transport.send_bulk_in
-While a card works, a per-slot timer asks the core for time extensions so the
-host's read timeout never expires (CCID rev 1.1 §6.2.6, bmCommandStatus 2).
+While a card works, the host is asked for more time (CCID rev 1.1 §6.2.6, bmCommandStatus 2) so its read
+timeout never expires; `_Requests` is the one place that knows the outstanding requests and when each is
+due for its next time extension.
 """
 
 from __future__ import annotations
@@ -18,23 +20,39 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from ..cards.base import Card, CardAbsent, CardError, CardHardwareError, CardMute
 from ..ccid import (TIME_EXTENSION_INTERVAL, BulkIn, Cancel, InterruptPending, PowerOff, PowerOn, Reader,
                     ReaderConfig, SlotError, Transmit)
+from ..ccid.descriptor import ClassDescriptor
 
 log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
+    """What the service sends to the USB side."""
+
     def send_bulk_in(self, data: bytes) -> None: ...
     def interrupt_pending(self) -> None: ...
 
 
+class HostSide(Protocol):
+    """What a USB function calls on the service (`ReaderService` is one)."""
+
+    @property
+    def descriptor(self) -> ClassDescriptor: ...
+    def attach(self, transport: Transport | None) -> None: ...
+    def bulk_out(self, data: bytes, *, transfer_end: bool = False) -> None: ...
+    def control_request(self, request_type: int, request: int, value: int, index: int,
+                        length: int) -> bytes | None: ...
+    def usb_reset(self) -> None: ...
+    def pop_interrupt(self) -> bytes | None: ...
+
+
 @dataclass
 class SlotStats:
-    """What `ccidgadget status` shows per slot (never APDU contents)."""
+    """Counters per slot (never APDU contents)."""
 
     apdus: int = 0
     power_ons: int = 0
@@ -43,11 +61,85 @@ class SlotStats:
     last_error_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class SlotStatus:
+    """One slot for `ccidgadget status`: the counters and the engine's own facts (`Card.describe()`)."""
+
+    slot: int
+    engine: str
+    present: bool
+    apdus: int
+    power_ons: int
+    errors: int
+    last_error: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.facts)
+        out.update(slot=self.slot, engine=self.engine, present=self.present, apdus=self.apdus,
+                   power_ons=self.power_ons, errors=self.errors, last_error=self.last_error)
+        return out
+
+
 @dataclass
-class _Pending:
+class _Request:
+    slot: int
     task: asyncio.Task
-    timer: asyncio.TimerHandle | None = None
-    started: float = field(default_factory=time.monotonic)
+    #: loop time at which the host is due its next time extension
+    due: float
+
+
+class _Requests:
+    """The card requests the host waits on (by the core's token) and their time extensions.
+
+    One timer serves them all: it is armed when a request is outstanding and no timer is, and fires at the
+    earliest due time.  Short APDUs, the common case, finish long before it fires, so a stream of them arms
+    about one timer per interval instead of one per APDU.
+    """
+
+    def __init__(self, interval: float, extend: Callable[[int], None]) -> None:
+        self.interval = interval
+        self._extend = extend                 # extend(slot): one time extension to the host
+        self._by_token: dict[int, _Request] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, token: int, slot: int, task: asyncio.Task) -> None:
+        loop = asyncio.get_running_loop()
+        self._by_token[token] = _Request(slot, task, loop.time() + self.interval)
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + self.interval, self._tick)
+
+    def end(self, token: int, *, cancel: bool = False) -> bool:
+        """The request is over (answered, failed, or with `cancel` its task stopped); False if it already was."""
+        request = self._by_token.pop(token, None)
+        if request is None:
+            return False
+        if cancel:
+            request.task.cancel()
+        return True
+
+    def tokens_of(self, slot: int) -> list[int]:
+        return [token for token, request in self._by_token.items() if request.slot == slot]
+
+    def cancel_all(self) -> None:
+        for token in list(self._by_token):
+            self.end(token, cancel=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._by_token:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for request in list(self._by_token.values()):
+            if request.due <= now:
+                request.due = now + self.interval
+                self._extend(request.slot)
+        if self._by_token:
+            self._timer = loop.call_at(min(r.due for r in self._by_token.values()), self._tick)
 
 
 class ReaderService:
@@ -61,14 +153,15 @@ class ReaderService:
         self.reader = Reader(config or ReaderConfig(slots=len(cards)))
         self.transport: Transport | None = None
         self.stats = [SlotStats() for _ in cards]
-        self.time_extension_interval = time_extension_interval
-        self._pending: dict[int, tuple[int, _Pending]] = {}   # token -> (slot, pending)
-        self._listeners = []
+        self._requests = _Requests(time_extension_interval, self._time_extension)
+        self._listeners = [lambda present, slot=slot: self._presence(slot, present) for slot in range(len(cards))]
+
+    @property
+    def descriptor(self) -> ClassDescriptor:
+        return self.reader.descriptor
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
-        self._listeners = [lambda present, slot=slot: self._presence(slot, present)
-                           for slot in range(len(self.cards))]
         for slot, card in enumerate(self.cards):
             card.add_presence_listener(self._listeners[slot])
             await card.start()
@@ -78,11 +171,7 @@ class ReaderService:
         self._flush()
 
     async def stop(self) -> None:
-        for token, (_, pending) in list(self._pending.items()):
-            pending.task.cancel()
-            if pending.timer:
-                pending.timer.cancel()
-        self._pending.clear()
+        self._requests.cancel_all()
         for card in self.cards:
             try:
                 await card.stop()
@@ -98,10 +187,8 @@ class ReaderService:
         old = self.cards[slot]
         old.remove_presence_listener(self._listeners[slot])
         self._presence(slot, False)
-        for token, (pending_slot, pending) in list(self._pending.items()):
-            if pending_slot == slot:
-                pending.task.cancel()
-                self._failed(slot, token, CardAbsent("the slot's card engine was replaced"))
+        for token in self._requests.tokens_of(slot):
+            self._failed(slot, token, CardAbsent("the slot's card engine was replaced"), cancel=True)
         self._flush()
         try:
             await old.stop()
@@ -114,6 +201,7 @@ class ReaderService:
         if card.present:
             self._presence(slot, True)
 
+    # -- HostSide ---------------------------------------------------------------
     def attach(self, transport: Transport | None) -> None:
         """Connect (or with None, disconnect) the USB side."""
         self.transport = transport
@@ -122,7 +210,6 @@ class ReaderService:
             # Interrupt messages queued while no host was there wait in the core.
             transport.interrupt_pending()
 
-    # -- from the USB side ----------------------------------------------------
     def bulk_out(self, data: bytes, *, transfer_end: bool = False) -> None:
         self.reader.receive_bulk_out(data, transfer_end=transfer_end)
         self._flush()
@@ -154,41 +241,26 @@ class ReaderService:
             if isinstance(event, BulkIn):
                 if self.transport is not None:
                     self.transport.send_bulk_in(event.data)
+            elif isinstance(event, Transmit):
+                self._start(event.slot, event.token, lambda e=event: self._transmit(e.slot, e.apdu))
             elif isinstance(event, InterruptPending):
                 if self.transport is not None:
                     self.transport.interrupt_pending()
             elif isinstance(event, PowerOn):
                 self._start(event.slot, event.token, lambda slot=event.slot: self._power_on(slot))
-            elif isinstance(event, Transmit):
-                self._start(event.slot, event.token,
-                            lambda e=event: self._transmit(e.slot, e.apdu))
             elif isinstance(event, PowerOff):
                 asyncio.get_running_loop().create_task(self._power_off(event.slot))
             elif isinstance(event, Cancel):
-                entry = self._pending.pop(event.token, None)
-                if entry is not None:
-                    _, pending = entry
-                    pending.task.cancel()
-                    if pending.timer:
-                        pending.timer.cancel()
+                self._requests.end(event.token, cancel=True)
 
-    def _start(self, slot: int, token: int, work) -> None:
+    def _start(self, slot: int, token: int, work: Callable[[], Awaitable[bytes]]) -> None:
         # `work` makes the coroutine only when the task runs, so a request
         # cancelled before it starts leaves no un-awaited coroutine behind.
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._complete(slot, token, work))
-        pending = _Pending(task)
-        self._pending[token] = (slot, pending)
-        pending.timer = loop.call_later(self.time_extension_interval, self._time_extension, token)
+        task = asyncio.get_running_loop().create_task(self._complete(slot, token, work))
+        self._requests.add(token, slot, task)
 
-    def _time_extension(self, token: int) -> None:
-        entry = self._pending.get(token)
-        if entry is None:
-            return
-        slot, pending = entry
+    def _time_extension(self, slot: int) -> None:
         self.reader.time_extension(slot)
-        pending.timer = asyncio.get_running_loop().call_later(
-            self.time_extension_interval, self._time_extension, token)
         self._flush()
 
     async def _power_on(self, slot: int) -> bytes:
@@ -211,50 +283,40 @@ class ReaderService:
         except Exception:
             log.exception("slot %d: power off failed", slot)
 
-    async def _complete(self, slot: int, token: int, work) -> None:
+    async def _complete(self, slot: int, token: int, work: Callable[[], Awaitable[bytes]]) -> None:
         try:
-            try:
-                data = await work()
-            except asyncio.CancelledError:
-                return
-            except CardError as e:
-                self._failed(slot, token, e)
-            except Exception as e:          # an engine bug: a hardware error, never a dead slot
-                log.exception("slot %d: card engine failed", slot)
-                self._failed(slot, token, CardHardwareError(repr(e)))
-            else:
-                if self._pending.pop(token, None) is not None:
-                    self.reader.card_answer(token, data)
-        finally:
-            entry = self._pending.pop(token, None)
-            if entry is not None and entry[1].timer:
-                entry[1].timer.cancel()
-            self._flush()
+            data = await work()
+        except asyncio.CancelledError:
+            return                          # the core cancelled it: nothing to answer
+        except CardError as e:
+            self._failed(slot, token, e)
+        except Exception as e:              # an engine bug: a hardware error, never a dead slot
+            log.exception("slot %d: card engine failed", slot)
+            self._failed(slot, token, CardHardwareError(repr(e)))
+        else:
+            if self._requests.end(token):
+                self.reader.card_answer(token, data)
+        self._flush()
 
-    def _failed(self, slot: int, token: int, error: CardError) -> None:
-        entry = self._pending.pop(token, None)
-        if entry is not None and entry[1].timer:
-            entry[1].timer.cancel()
+    def _failed(self, slot: int, token: int, error: CardError, *, cancel: bool = False) -> None:
+        outstanding = self._requests.end(token, cancel=cancel)
         stats = self.stats[slot]
         stats.errors += 1
         stats.last_error = f"{type(error).__name__}: {error}"
         stats.last_error_at = time.time()
         log.info("slot %d: %s", slot, stats.last_error, extra={"slot": slot, "event": "card-error"})
-        if isinstance(error, CardHardwareError):
-            code = SlotError.HW_ERROR
-        else:                               # absent and mute both look mute to the host
-            code = SlotError.ICC_MUTE
-        if entry is not None:
+        code = SlotError.HW_ERROR if isinstance(error, CardHardwareError) else SlotError.ICC_MUTE
+        if outstanding:
             # An engine that lost its card (client gone, card pulled) empties
             # the slot at once: the host sees the removal, not just a mute card.
             self.reader.card_failed(token, code, absent=isinstance(error, CardAbsent))
 
     # -- status -------------------------------------------------------------
-    def describe(self) -> list[dict]:
-        out = []
-        for slot, card in enumerate(self.cards):
-            info = dict(card.describe())
-            info.update(slot=slot, apdus=self.stats[slot].apdus, power_ons=self.stats[slot].power_ons,
-                        errors=self.stats[slot].errors, last_error=self.stats[slot].last_error)
-            out.append(info)
-        return out
+    def slot_status(self, slot: int) -> SlotStatus:
+        card, stats = self.cards[slot], self.stats[slot]
+        return SlotStatus(slot=slot, engine=str(card.engine), present=card.present, apdus=stats.apdus,
+                          power_ons=stats.power_ons, errors=stats.errors, last_error=stats.last_error,
+                          facts={k: v for k, v in card.describe().items() if k not in ("engine", "present")})
+
+    def statuses(self) -> list[SlotStatus]:
+        return [self.slot_status(slot) for slot in range(len(self.cards))]

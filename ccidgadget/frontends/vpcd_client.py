@@ -186,18 +186,22 @@ async def serve_card_to_vpcd(card: Card, host: str = "127.0.0.1", port: int = VP
 # -- command line ------------------------------------------------------------------------
 
 def default_card_factory(args: argparse.Namespace) -> Card:
-    """The emulated card the options name, built as the daemon builds a slot's card."""
-    from ..daemon.engines import EngineError, SlotSpec, build_card
+    """The emulated card the options name, built by the factory the daemon builds its slots with."""
+    from ..engines import CardContext, EngineError, build_card
+    from ..options import SlotSpec
     spec = SlotSpec(engine="emulated", type=args.card_type, name=args.name, certs=list(args.certs or ()),
                     db=args.db)
     try:
-        return build_card(spec, 0, args.state_dir)
+        return build_card(spec, CardContext(slot=0, state_dir=args.state_dir))
     except EngineError as e:
         raise SystemExit(f"vpcd-card: {e}") from None
 
 
-def _add_arguments(p: argparse.ArgumentParser, card_types: tuple[str, ...]) -> None:
-    p.add_argument("--type", dest="card_type", choices=card_types, default=card_types[0],
+def _add_arguments(p: argparse.ArgumentParser, card_types: tuple[str, ...] | None) -> None:
+    from ..options import CARD_TYPES, DEFAULT_CARD_TYPE
+    card_types = tuple(card_types or CARD_TYPES)
+    default = DEFAULT_CARD_TYPE if DEFAULT_CARD_TYPE in card_types else card_types[0]
+    p.add_argument("--type", dest="card_type", choices=card_types, default=default,
                    help="card to emulate (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="where vpcd listens (default %(default)s)")
     p.add_argument("--port", type=int, default=VPCD_DEFAULT_PORT,
@@ -218,7 +222,7 @@ _DESCRIPTION = ("Connect to the vpcd driver of pcscd (package vsmartcard-vpcd) a
 
 
 def add_vpcd_card_subcommand(subparsers, card_factory: CardFactory | None = None,
-                             card_types: tuple[str, ...] = ("piv", "iso", "cac")):
+                             card_types: tuple[str, ...] | None = None):
     """`ccidgadget vpcd-card --type piv|iso|cac [--host H] [--port P] [--once] [card options]`.
 
     Sets `func` on the parsed namespace: `args.func(args)` runs until
@@ -254,7 +258,7 @@ def run_vpcd_card(args: argparse.Namespace, card_factory: CardFactory) -> int:
 
 
 def main_vpcd_card(argv: list[str] | None = None, card_factory: CardFactory | None = None,
-                   card_types: tuple[str, ...] = ("piv", "iso", "cac")) -> int:
+                   card_types: tuple[str, ...] | None = None) -> int:
     """`ccidgadget vpcd-card ...` (also `python -m ccidgadget.frontends.vpcd_client`)."""
     parser = argparse.ArgumentParser(prog="ccidgadget vpcd-card", description=_DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -17,22 +17,18 @@ import logging
 import socket
 from typing import Iterable
 
+from .. import options
 from ..cards.base import Card, CardAbsent
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPNetwork = options.IPNetwork
 
 
 def parse_allow(allow: Iterable[str] | None) -> list[IPNetwork] | None:
-    """Addresses ("192.0.2.7") or networks ("192.0.2.0/24", "fd00::/8")."""
-    if allow is None:
-        return None
-    nets = []
-    for item in allow:
-        nets.append(ipaddress.ip_network(str(item).strip(), strict=False))
-    return nets
+    """The allow-list (options.parse_allow: the same rules the configuration was checked with); None: anyone."""
+    return None if allow is None else options.parse_allow(allow)
 
 
 def is_loopback_host(host: str) -> bool:

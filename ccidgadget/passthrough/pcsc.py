@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from ..cards.base import Card, CardAbsent, CardHardwareError, CardMute
+from ..options import Engine
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def match_reader(pattern: str, readers: list[str]) -> str | None:
 class PcscCard(Card):
     """A slot showing the card of one PC/SC reader."""
 
-    engine = "pcsc"
+    engine = Engine.PCSC
 
     def __init__(self, reader_pattern: str, exclusive: bool = True, *,
                  scard: Any = None, status_wait_ms: int = STATUS_WAIT_MS,
@@ -372,3 +373,8 @@ class PcscCard(Card):
                     self._sleep(0.1)
         finally:
             self._release_watch_ctx()
+
+
+def build_card(spec, context) -> PcscCard:
+    """The `pcsc` engine of a slot (options.ENGINES)."""
+    return PcscCard(spec.reader, exclusive=spec.exclusive)

@@ -24,6 +24,7 @@ import logging
 from typing import Iterable
 
 from ..cards.base import CardAbsent, CardHardwareError, CardMute
+from ..options import Engine
 from .atr import atr_problem
 from .netserver import Address, ClientConnection, TcpCardServer
 from .vpcd_protocol import (CTRL_LEN, MAX_MESSAGE, VPCD_DEFAULT_PORT, Ctrl, VpcdFramer,
@@ -42,7 +43,7 @@ VPCD_ABSENT_POLL_INTERVAL = 1.0
 class VpcdServerCard(TcpCardServer):
     """A slot whose card is a vicc (or any vpcd-protocol card) that connects to us."""
 
-    engine = "vpcd-server"
+    engine = Engine.VPCD
     protocol_name = "vpcd"
     default_port = VPCD_DEFAULT_PORT
 
@@ -176,3 +177,8 @@ class VpcdServerCard(TcpCardServer):
         task, self._probe_task = self._probe_task, None
         if task is not None:
             task.cancel()
+
+
+def build_card(spec, context) -> VpcdServerCard:
+    """The `vpcd` engine of a slot (options.ENGINES)."""
+    return VpcdServerCard(listen=spec.listen_address(), allow=spec.allow or None)

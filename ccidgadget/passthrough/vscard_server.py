@@ -42,6 +42,7 @@ import logging
 from typing import Callable, Iterable
 
 from ..cards.base import CardAbsent, CardMute
+from ..options import Engine
 from .atr import atr_problem
 from .netserver import Address, ClientConnection, TcpCardServer
 from .vscard import (VSCARD_UNDEFINED_READER_ID, VSCARD_VERSION, ErrorCode, Message, MsgType,
@@ -67,7 +68,7 @@ VSCARD_FLUSH_TIMEOUT = 5.0
 class VSCardServerCard(TcpCardServer):
     """A slot whose card is provided by a VSCard client (vscclient, spice-gtk)."""
 
-    engine = "vscard"
+    engine = Engine.PASSTHRU
     protocol_name = "VSCard"
     default_port = VSCARD_DEFAULT_PORT
 
@@ -328,3 +329,9 @@ class VSCardServerCard(TcpCardServer):
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+
+def build_card(spec, context) -> VSCardServerCard:
+    """The `passthru` engine of a slot (options.ENGINES)."""
+    return VSCardServerCard(listen=spec.listen_address(), allow=spec.allow or None,
+                            stay_attached=spec.stay_attached or context.shared_gadget)

@@ -11,21 +11,25 @@ Two f_fs facts shape it:
   of wMaxPacketSize is followed by an explicit zero-length transfer, or
   libccid's large read would wait for more (USB 2.0 §5.8.3).
 - AIO on an endpoint that is not enabled blocks in io_submit, so nothing is
-  submitted before ENABLE; the core is reset on ENABLE anyway.
+  submitted before ENABLE; the core is reset on ENABLE anyway.  The two
+  places where we override python-functionfs for it are in ffs_compat.py.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import logging
-import os
+from typing import TYPE_CHECKING, Callable
 
 import functionfs
 from functionfs import ch9
 
 from .descriptors import ccid_descriptors
+from .ffs_compat import ParkingOutEndpoint, set_data_endpoints_nonblocking
+
+if TYPE_CHECKING:
+    from ..daemon.service import HostSide
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +40,11 @@ EP_BULK_OUT, EP_BULK_IN, EP_INTERRUPT_IN = 1, 2, 3
 MAX_BULK_IN_IN_FLIGHT = 16
 
 
-class _BulkOut(functionfs.EndpointOUTFile):
+class _BulkOut(ParkingOutEndpoint):
     owner: "CCIDFunction"
 
-    def _onComplete(self, aio_block, res, res2):
-        # python-functionfs resubmits the block after onComplete; on an
-        # endpoint the host just disabled that fails with EAGAIN (the file is
-        # non-blocking, see CCIDFunction.__enter__).  Hand the block back so
-        # the next ENABLE submits it again, rather than losing it.
-        # The kernel reports that EAGAIN as the AIO *completion* (io_submit
-        # itself succeeds), and python-functionfs resubmits any completion
-        # but ESHUTDOWN at once: resubmit, EAGAIN, resubmit... a busy loop
-        # and a warning storm until the host enables us again.  Once we know
-        # we are disabled, park the block as ESHUTDOWN does (onEnable submits
-        # it); while we still think we are enabled (DISABLE not read yet, or
-        # superseded by a pending ENABLE) resubmit, or the block could be
-        # parked after the ENABLE that should have resubmitted it.
-        if res == -errno.EAGAIN and not self.owner.enabled:
-            res = -errno.ESHUTDOWN
-        try:
-            super()._onComplete(aio_block, res, res2)
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                raise
-            self._release(aio_block)
+    def endpoint_enabled(self) -> bool:
+        return self.owner.enabled
 
     def onComplete(self, data, status):
         if data is None:
@@ -99,9 +84,9 @@ class _InterruptIn(functionfs.EndpointINFile):
 class CCIDFunction(functionfs.Function):
     """The CCID interface of the gadget, backed by a ReaderService."""
 
-    def __init__(self, path: str, service, *, interface_name: str = "CCID",
-                 on_state=None) -> None:
-        fs, hs, ss = ccid_descriptors(service.reader.descriptor)
+    def __init__(self, path: str, service: "HostSide", *, interface_name: str = "CCID",
+                 on_state: Callable[[str], None] | None = None) -> None:
+        fs, hs, ss = ccid_descriptors(service.descriptor)
         super().__init__(path, fs_list=fs, hs_list=hs, ss_list=ss,
                          lang_dict={0x0409: [interface_name]})
         self.service = service
@@ -117,12 +102,8 @@ class CCIDFunction(functionfs.Function):
 
     def __enter__(self):
         super().__enter__()
-        # Data endpoints non-blocking: f_fs makes io_submit on an endpoint that
-        # is not enabled *wait* until it is, and the host may disable it (UDC
-        # unbind, reset) between our last check and a submit.  With O_NONBLOCK
-        # the submit fails with EAGAIN instead of freezing the event loop.
-        for endpoint in self._ep_list[1:]:
-            fcntl.fcntl(endpoint, fcntl.F_SETFL, fcntl.fcntl(endpoint, fcntl.F_GETFL) | os.O_NONBLOCK)
+        # Data endpoints non-blocking (ffs_compat.py says why).
+        set_data_endpoints_nonblocking(self)
         return self
 
     def getEndpointClass(self, is_in, descriptor):

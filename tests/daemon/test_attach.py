@@ -9,8 +9,8 @@ import ccidgadget.usb.function as function
 from ccidgadget.cards.iso import IsoCard
 from ccidgadget.daemon import app
 from ccidgadget.daemon.app import Daemon, DaemonOptions
-from ccidgadget.daemon.engines import SlotSpec
-from ccidgadget.usb.gadget import Identity
+from ccidgadget.options import SlotSpec
+from ccidgadget.usb import device
 
 from test_notify import FakeFunction, FakeGadget  # tests/daemon is on sys.path (rootdir import mode)
 
@@ -33,12 +33,12 @@ class AttachableCard(IsoCard):
 
 
 def run_daemon(monkeypatch, tmp_path, slots, cards, body):
-    monkeypatch.setattr(app, "ConfigfsGadget", FakeGadget)
+    monkeypatch.setattr(device, "ConfigfsGadget", FakeGadget)
     monkeypatch.setattr(function, "CCIDFunction", FakeFunction)
     made = iter(cards)
-    monkeypatch.setattr(app, "build_card", lambda spec, slot, state_dir, shared_gadget=False: next(made))
+    monkeypatch.setattr(app, "build_card", lambda spec, context: next(made))
     FakeGadget.created = []
-    opts = DaemonOptions(slots=slots, identity=Identity(0x1209, 0x2702), runtime_dir=tmp_path / "run",
+    opts = DaemonOptions(slots=slots, runtime_dir=tmp_path / "run",
                          state_dir=tmp_path / "state", control_socket=False)
     d = Daemon(opts)
 
@@ -74,6 +74,7 @@ def test_single_vscard_slot_binds_only_while_a_client_is_there(monkeypatch, tmp_
 def test_shared_gadget_keeps_the_vscard_reader_attached():
     assert DaemonOptions(slots=[SlotSpec(engine="passthru"), SlotSpec()]).shared_gadget
     assert not DaemonOptions(slots=[SlotSpec(engine="passthru")]).shared_gadget
-    from ccidgadget.daemon.engines import build_card
-    card = build_card(SlotSpec(engine="passthru", listen="127.0.0.1:2999"), 0, "/nonexistent", shared_gadget=True)
+    from ccidgadget.engines import CardContext, build_card
+    card = build_card(SlotSpec(engine="passthru", listen="127.0.0.1:2999"),
+                      CardContext(slot=0, state_dir="/nonexistent", shared_gadget=True))
     assert card.attached and card.stay_attached

@@ -12,8 +12,9 @@ import pytest
 
 from ccidgadget import cli
 from ccidgadget.daemon import config
-from ccidgadget.daemon.config import CLI_KEYS, Config, ConfigError, apply_cli, load, parse
-from ccidgadget.daemon.engines import SlotSpec
+from ccidgadget import options
+from ccidgadget.daemon.config import CLI_KEYS, ConfigError, apply_cli, load, parse
+from ccidgadget.options import DaemonOptions, SlotSpec
 from ccidgadget.usb.gadget import ExtraFunction
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "etc" / "ccidgadget.toml.example"
@@ -29,15 +30,14 @@ def problems(text: str) -> str:
 # -- good input -----------------------------------------------------------------------
 def test_empty_file_is_the_defaults():
     cfg = parse("", source="x")
-    default = Config(source="x")
-    assert cfg == default
+    assert cfg == DaemonOptions() and cfg.source == "x"
     assert cfg.slots == [SlotSpec()]
-    assert cfg.control_socket == Path("/run/ccidgadget/control.sock")
+    assert cfg.control_socket_path == Path("/run/ccidgadget/control.sock")
 
 
 def test_missing_default_file_is_the_defaults(monkeypatch, tmp_path):
-    monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path / "absent.toml")
-    assert load() == Config()
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    assert load() == DaemonOptions()
 
 
 def test_full_file():
@@ -86,7 +86,7 @@ kind = "ncm"
 name = "usb0"
 attributes = {{ dev_addr = "02:00:00:00:00:01", qmult = 5 }}
 """, source="full.toml")
-    ident = cfg.usb_identity()
+    ident = cfg.usb_identity
     assert (ident.vid, ident.pid, ident.manufacturer, ident.product, ident.serial) == (0x0E0F, 5, "ACME", "Reader", "42")
     assert cfg.udc == "dummy_udc.0" and cfg.gadget_name == "acme" and cfg.max_message_length == 4106
     assert cfg.state_dir == Path("/srv/cards") and cfg.runtime_dir == Path("/run/acme")
@@ -97,9 +97,7 @@ attributes = {{ dev_addr = "02:00:00:00:00:01", qmult = 5 }}
     assert cfg.slots[3].exclusive is False
     assert cfg.functions == [ExtraFunction("acm", "0", {}),
                              ExtraFunction("ncm", "usb0", {"dev_addr": "02:00:00:00:00:01", "qmult": "5"})]
-    opts = cfg.to_options()
-    assert opts.extra_functions == cfg.functions and opts.control_group == OWN_GROUP
-    assert opts.identity == ident
+    assert cfg.source == "full.toml"
 
 
 @pytest.mark.parametrize("text,value", [('vid = 0x1d6b', 0x1D6B), ('vid = "1d6b"', 0x1D6B),
@@ -112,7 +110,8 @@ def test_example_file_is_valid_and_documents_every_key():
     text = EXAMPLE.read_text()
     parse(text, source=str(EXAMPLE))
     documented = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.M))
-    every = set(config.GADGET_KEYS) | set(config.DAEMON_KEYS) | set(config.ALL_SLOT_KEYS) | set(config.FUNCTION_KEYS)
+    every = (set(options.GADGET_KEYS) | set(options.DAEMON_KEYS) | set(options.all_slot_keys())
+             | set(options.FUNCTION_KEYS))
     assert every <= documented, f"keys not in the example: {sorted(every - documented)}"
 
 
@@ -122,7 +121,7 @@ def test_every_cli_option_has_a_key_with_the_same_default():
     options -= {"--help", "--version", "--config"}
     assert options == set(CLI_KEYS), options ^ set(CLI_KEYS)
     # With nothing on the command line the result is the file's (the defaults' here).
-    assert apply_cli(Config(), cli._given(parser.parse_args([]))) == Config()
+    assert apply_cli(DaemonOptions(), cli._given(parser.parse_args([]))) == DaemonOptions()
 
 
 # -- bad input: every message names the file, the key, what is wrong and what is allowed --------
@@ -143,8 +142,8 @@ def test_every_cli_option_has_a_key_with_the_same_default():
     ('[daemon]\nlog_level = "loud"', r"daemon\.log_level: 'loud' is not allowed; allowed: debug, info, warning, error"),
     ('[daemon]\ncontrol_group = "no-such-group-xyz"', r"daemon\.control_group: no group named 'no-such-group-xyz'"),
     ('daemon = 3', r"daemon: must be a table \(\[daemon\]\), not an integer"),
-    ("slot = []", r"slot: 0 \[\[slot\]\] tables; allowed: 1\.\.8 slots"),
-    ("[[slot]]\n" * 9, r"slot: 9 \[\[slot\]\] tables; allowed: 1\.\.8 slots"),
+    ("slot = []", r"slot: 0 \[\[slot\]\] tables; allowed: 1\.\.8"),
+    ("[[slot]]\n" * 9, r"slot: 9 \[\[slot\]\] tables; allowed: 1\.\.8"),
     ("[slot]\nengine = 'vpcd'", r"slot: must be an array of tables \(\[\[slot\]\] sections\), not a table"),
     ('[[slot]]\nengine = "nfc"', r"slot\[0\]\.engine: 'nfc' is not allowed; allowed: emulated, passthru, vpcd, pcsc"),
     ('[[slot]]\ntype = "openpgp"', r"slot\[0\]\.type: 'openpgp' is not allowed; allowed: piv, cac, iso"),
@@ -201,15 +200,16 @@ def test_cli_overrides_config(tmp_path):
     # --identity replaces the file's identity and its vid/pid
     path.write_text('[gadget]\nidentity = "vmware"\nvid = 0x1234\n')
     args = cli.daemon_parser().parse_args(["--config", str(path), "--identity", "linux"])
-    assert cli.load_config(args).usb_identity().vid == 0x1D6B
+    assert cli.load_config(args).usb_identity.vid == 0x1D6B
 
 
 def test_cli_slot_rules_are_checked():
     args = cli.daemon_parser().parse_args(["--card", "emulated", "--type", "cac", "--cert", "a"])
-    with pytest.raises(ConfigError, match=r"command line: slot 0 \(--card emulated\): a CAC card needs exactly three"):
+    with pytest.raises(ConfigError, match=r"command line: slot 0 \(--card emulated\): --cert: a CAC card needs "
+                                          r"exactly 3 certificates"):
         cli.load_config(args)
     args = cli.daemon_parser().parse_args(["--card", "emulated"] * 9)
-    with pytest.raises(ConfigError, match=r"9 --card options; allowed: 1\.\.8"):
+    with pytest.raises(ConfigError, match=r"command line: --card: 9 slots; allowed: 1\.\.8"):
         cli.load_config(args)
 
 

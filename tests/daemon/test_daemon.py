@@ -10,19 +10,19 @@ import logging
 import pytest
 
 from ccidgadget.cards.base import Card
-from ccidgadget.cards.iso import IsoCard
-from ccidgadget.daemon.app import Daemon, DaemonOptions
+from ccidgadget.cards.iso import ISO_APPLET_AID, IsoCard
+from ccidgadget.daemon.app import Daemon
 from ccidgadget.daemon.config import ConfigError
 from ccidgadget.daemon.control import ControlError
-from ccidgadget.daemon.engines import SlotSpec
 from ccidgadget.daemon.service import ReaderService
-from ccidgadget.usb.gadget import ExtraFunction, Identity
+from ccidgadget.options import DaemonOptions, Engine, SlotSpec
+from ccidgadget.usb.gadget import ExtraFunction, GadgetError
 
 
 class RelayCard(Card):
     """Stands in for a passthru engine: presence belongs to the remote side."""
 
-    engine = "passthru"
+    engine = Engine.PASSTHRU
 
     async def power_on(self):
         return b"\x3b\x00"
@@ -58,23 +58,73 @@ class RecordingNotifier:
 
 
 ISO = SlotSpec(engine="emulated", type="iso")
-IDENT = Identity(vid=0x1209, pid=0x2702)
 
 
 def options(*slots, **kw) -> DaemonOptions:
-    return DaemonOptions(slots=list(slots), identity=IDENT, control_socket=False, **kw)
+    return DaemonOptions(slots=list(slots), control_socket=False, **kw)
 
 
 async def running(opts: DaemonOptions, cards, *, loader=None, notifier=None) -> Daemon:
+    """A daemon whose reader service runs, without USB (for the verbs and in-place reloads)."""
     d = Daemon(opts, loader=loader, notifier=notifier)
     d.service = ReaderService(cards)
     for card in cards:
         card.add_presence_listener(lambda present: d._notify_status())
     await d.service.start()
-    d._reload_lock = asyncio.Lock()
-    d._wake = asyncio.Event()
     d.state = "running"
     return d
+
+
+class FakeDevice:
+    """usb/device.py's UsbDevice as the daemon uses it; like ConfigfsGadget it refuses a UDC that is not there."""
+
+    made: list["FakeDevice"] = []
+    udcs = ("dummy_udc.0",)
+
+    def __init__(self, options, host_side, *, on_state):
+        self.options, self.host_side = options, host_side
+        self.udc = options.udc or self.udcs[0]
+        self.root, self.bound, self.host_connected, self.enumerations = f"/fake/{options.gadget_name}", False, False, 0
+        self.events = []
+        FakeDevice.made.append(self)
+
+    def __enter__(self):
+        if self.udc not in self.udcs:
+            raise GadgetError(f"no USB device controller named {self.udc!r} in /sys/class/udc "
+                              f"(there: {', '.join(self.udcs)})")
+        self.events.append("create")
+        return self
+
+    def __exit__(self, *exc):
+        self.bound = False
+        self.events.append("destroy")
+
+    def bind(self):
+        self.bound = True
+        self.events.append("bind")
+
+    def unbind(self):
+        self.bound = False
+        self.events.append("unbind")
+
+
+async def started(opts: DaemonOptions, *, loader=None) -> tuple[Daemon, asyncio.Task]:
+    """The whole Daemon.run() with FakeDevice for the USB device: returns once it is running."""
+    FakeDevice.made = []
+    d = Daemon(opts, loader=loader, device_factory=FakeDevice)
+    task = asyncio.create_task(d.run())
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if d.state == "running":
+            return d, task
+    raise AssertionError(f"the daemon did not start: {d.state}")
+
+
+async def transmit_select(d: Daemon, slot: int = 0) -> bytes:
+    """What a host's first exchange with the slot's card amounts to: power on, then an APDU."""
+    card = d.service.cards[slot]
+    await card.power_on()
+    return await card.transmit(bytes([0x00, 0xA4, 0x04, 0x00, len(ISO_APPLET_AID)]) + ISO_APPLET_AID)
 
 
 def test_insert_remove_emulated_and_refuse_others():
@@ -98,6 +148,24 @@ def test_insert_remove_emulated_and_refuse_others():
         assert [s["engine"] for s in st["slots"]] == ["emulated", "passthru"]
         assert st["slots"][0]["type"] == "iso" and st["slots"][0]["present"] is True
         assert st["state"] == "running" and st["host_connected"] is False
+        await d.service.stop()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("engine,hint", [("passthru", "VSCard client"), ("vpcd", "vpcd client"),
+                                         ("pcsc", "pull the card out of the PC/SC reader")])
+def test_presence_hint_of_every_engine_reaches_the_user(engine, hint, tmp_path):
+    """The real engines (not a fake) name themselves as the configuration does, so the hint is theirs."""
+    from ccidgadget.engines import CardContext, build_card
+    spec = SlotSpec(engine=engine, reader="x" if engine == "pcsc" else None,
+                    listen="127.0.0.1:1" if engine != "pcsc" else None)
+    card = build_card(spec, CardContext(slot=1, state_dir=tmp_path))
+
+    async def main():
+        d = await running(options(ISO, spec), [IsoCard(), RelayCard()])
+        d.service.cards[1] = card                # not started: only its name and presence are asked
+        with pytest.raises(ControlError, match=f"it is a {engine} slot; .*{hint}"):
+            d.remove(1)
         await d.service.stop()
     asyncio.run(main())
 
@@ -146,37 +214,46 @@ def test_reload_with_a_broken_configuration_changes_nothing():
 
 
 @pytest.mark.parametrize("change,what", [
-    (dict(identity=Identity(vid=0x0E0F, pid=0x0004)), "identity"),
-    (dict(extra_functions=[ExtraFunction("acm")]), "functions"),
+    (dict(vid=0x0E0F, pid=0x0004), "identity"),
+    (dict(functions=[ExtraFunction("acm")]), "functions"),
     (dict(slots=[ISO, ISO]), "number of slots"),
-    (dict(udc="other.0"), "udc"),
+    (dict(max_message_length=4106), "max_message_length"),
 ])
 def test_gadget_changes_reenumerate(change, what):
     async def main():
         new = dataclasses.replace(options(ISO), **change)
-        d = await running(options(ISO), [IsoCard()], loader=lambda: new)
-        task = asyncio.create_task(d.reload())
-        await asyncio.wait_for(d._wake.wait(), 5)
-        assert d._reenumerate is True and d.options is new
-        d._reenumerated.set_result(None)          # what run() does once the new gadget is bound
-        result = await asyncio.wait_for(task, 5)
+        d, task = await started(options(ISO), loader=lambda: new)
+        old_device = FakeDevice.made[0]
+        result = await asyncio.wait_for(d.reload(), 5)
         assert result["reenumerated"] is True and what in result["changed"]
         assert "re-enumerated" in result["message"]
-        await d.service.stop()
+        assert old_device.events == ["create", "bind", "destroy"]
+        assert FakeDevice.made[1].events == ["create", "bind"] and FakeDevice.made[1].options is new
+        assert d.options is new and len(d.service.cards) == len(new.slots)
+        d.request_stop()
+        assert await asyncio.wait_for(task, 5) == 0
     asyncio.run(main())
 
 
-def test_failed_reenumeration_is_reported():
+def test_failed_reenumeration_goes_back_to_the_previous_configuration():
+    """The new UDC does not exist: the reload fails with the reason and the old reader serves again."""
     async def main():
-        new = dataclasses.replace(options(ISO), udc="nope.0")
-        d = await running(options(ISO), [IsoCard()], loader=lambda: new)
-        task = asyncio.create_task(d.reload())
-        await asyncio.wait_for(d._wake.wait(), 5)
-        d._reenumerated.set_result("re-enumeration with the new configuration failed (no UDC named 'nope.0'); "
-                                   "went back to the previous configuration")
-        with pytest.raises(ControlError, match="went back to the previous configuration"):
-            await asyncio.wait_for(task, 5)
-        await d.service.stop()
+        old = options(ISO)
+        new = options(ISO, ISO, udc="nope.0")
+        d, task = await started(old, loader=lambda: new)
+        with pytest.raises(ControlError, match=r"re-enumeration with the new configuration failed \(no USB device "
+                                               r"controller named 'nope\.0'.*\); went back to the previous"):
+            await asyncio.wait_for(d.reload(), 5)
+        # the previous configuration is up again, on a new device, and its card answers
+        assert d.state == "running" and d.options is old
+        assert [dev.options.udc for dev in FakeDevice.made] == [None, "nope.0", None]
+        assert FakeDevice.made[-1].events == ["create", "bind"] and d.status()["bound"] is True
+        assert len(d.service.cards) == 1 and (await transmit_select(d))[-2:] == b"\x90\x00"
+        # and a later good reload still works
+        d.loader = lambda: options(dataclasses.replace(ISO, inserted=False))
+        assert (await d.reload())["slots_replaced"] == [0]
+        d.request_stop()
+        assert await asyncio.wait_for(task, 5) == 0
     asyncio.run(main())
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from ccidgadget.daemon import app, notify
+from ccidgadget.usb import device
 from ccidgadget.daemon.app import Daemon, DaemonOptions
 from ccidgadget.daemon.control import call
-from ccidgadget.daemon.engines import SlotSpec
+from ccidgadget.options import SlotSpec
 from ccidgadget.daemon.notify import Notifier
 from ccidgadget.usb.gadget import Identity
 
@@ -171,14 +172,14 @@ class FakeFunction:
 
 def test_daemon_life_cycle_under_systemd(notify_socket, tmp_path, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "100000")        # ping every 50 ms
-    monkeypatch.setattr(app, "ConfigfsGadget", FakeGadget)
+    monkeypatch.setattr(device, "ConfigfsGadget", FakeGadget)
     import ccidgadget.usb.function as function
     monkeypatch.setattr(function, "CCIDFunction", FakeFunction)
     FakeGadget.created = []
     iso = SlotSpec(engine="emulated", type="iso")
-    opts = DaemonOptions(slots=[iso], identity=Identity(0x1209, 0x2702), runtime_dir=tmp_path / "run",
+    opts = DaemonOptions(slots=[iso], runtime_dir=tmp_path / "run",
                          state_dir=tmp_path / "state")
-    reloaded = DaemonOptions(slots=[iso, iso], identity=Identity(0x1209, 0x2702), runtime_dir=tmp_path / "run",
+    reloaded = DaemonOptions(slots=[iso, iso], runtime_dir=tmp_path / "run",
                              state_dir=tmp_path / "state")
     d = Daemon(opts, notifier=Notifier(), loader=lambda: reloaded)
     sock = tmp_path / "run" / "control.sock"
@@ -223,11 +224,11 @@ def test_daemon_life_cycle_under_systemd(notify_socket, tmp_path, monkeypatch):
 
 
 def test_second_daemon_on_the_same_runtime_dir_stops_before_configfs(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "ConfigfsGadget", FakeGadget)
+    monkeypatch.setattr(device, "ConfigfsGadget", FakeGadget)
     import ccidgadget.usb.function as function
     monkeypatch.setattr(function, "CCIDFunction", FakeFunction)
     FakeGadget.created = []
-    opts = DaemonOptions(slots=[SlotSpec(engine="emulated", type="iso")], identity=Identity(0x1209, 0x2702),
+    opts = DaemonOptions(slots=[SlotSpec(engine="emulated", type="iso")],
                          runtime_dir=tmp_path)
 
     async def main():

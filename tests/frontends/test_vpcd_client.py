@@ -180,7 +180,7 @@ def test_command_line(monkeypatch):
     vpcd_client.add_vpcd_card_subcommand(sub, lambda args: IsoCard())
     args = parser.parse_args(["vpcd-card", "--type", "piv", "--host", "::1"])
     assert args.card_type == "piv" and args.host == "::1" and args.func(args) == 0
-    with pytest.raises(SystemExit, match="exactly three --cert"):
+    with pytest.raises(SystemExit, match="a CAC card needs exactly 3 certificates"):
         main_vpcd_card(["--type", "cac"])           # a CAC card needs its three certificates
 
 

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 
+from ccidgadget import options
 from ccidgadget.daemon import config
 
 from .harness import Finding, Input, Target, register
 
 SECTIONS = {
-    "gadget": config.GADGET_KEYS,
-    "daemon": config.DAEMON_KEYS,
-    "slot": config.ALL_SLOT_KEYS,
-    "function": config.FUNCTION_KEYS,
+    "gadget": options.GADGET_KEYS,
+    "daemon": options.DAEMON_KEYS,
+    "slot": options.all_slot_keys(),
+    "function": options.FUNCTION_KEYS,
 }
 STRINGS = ["piv", "cac", "iso", "emulated", "passthru", "vpcd", "pcsc", "acm", "ncm", "ecm", "rndis", "debug",
            "info", "127.0.0.1:2001", "[::1]:35963", "0.0.0.0:2001", "localhost:1", "192.168.7.0/24", "::1",
@@ -128,13 +129,13 @@ def run(data: bytes) -> None:
         return
     try:
         config.apply_cli(cfg, {})
-        cfg.usb_identity()
+        cfg.usb_identity
     except config.ConfigError as e:
         raise Finding(f"parse() accepted a configuration that apply_cli() refuses: {e}") from e
 
 
 def seeds() -> dict[str, bytes]:
-    example = (config.Path(__file__).resolve().parents[2] / "etc" / "ccidgadget.toml.example")
+    example = (options.Path(__file__).resolve().parents[2] / "etc" / "ccidgadget.toml.example")
     out = {
         "text-minimal": b"\x01[gadget]\nidentity = \"generic\"\n[[slot]]\nengine = \"emulated\"\ntype = \"piv\"\n",
         "text-slots": b"\x01[[slot]]\nengine = \"passthru\"\nlisten = \"127.0.0.1:2001\"\nallow = [\"::1\"]\n"

@@ -19,7 +19,8 @@ import pytest
 from ccidgadget.cards import pin as pin_module
 from ccidgadget.cards.piv import PivCard
 from ccidgadget.cards.storage import CardStore, StorageError
-from ccidgadget.daemon.engines import DEFAULT_LISTEN, SlotSpec, build_card
+from ccidgadget.engines import CardContext, EngineError, build_card
+from ccidgadget.options import ENGINES, SlotSpec
 from ccidgadget.passthrough.vpcd_server import VpcdServerCard
 from ccidgadget.passthrough.vscard_server import VSCardServerCard
 
@@ -38,18 +39,18 @@ def card_dir(state_dir):
 
 
 def test_new_card_state_is_0600_in_0700(tmp_path):
-    build_card(SlotSpec(type="piv"), 0, tmp_path)
+    build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
     assert mode(card_dir(tmp_path)) == 0o700
     assert mode(card_dir(tmp_path) / "state.json") == 0o600
 
 
 def test_loose_permissions_are_fixed_at_start_and_logged(tmp_path, caplog):
-    build_card(SlotSpec(type="piv"), 0, tmp_path)
+    build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
     d = card_dir(tmp_path)
     os.chmod(d, 0o755)
     os.chmod(d / "state.json", 0o644)
     caplog.set_level(logging.WARNING)
-    card = build_card(SlotSpec(type="piv"), 0, tmp_path)
+    card = build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
     assert isinstance(card, PivCard)
     assert mode(d) == 0o700 and mode(d / "state.json") == 0o600
     text = caplog.text
@@ -60,22 +61,22 @@ def test_loose_permissions_are_fixed_at_start_and_logged(tmp_path, caplog):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the files to another user")
 @pytest.mark.parametrize("which", ["directory", "file"])
 def test_state_owned_by_another_user_is_refused(tmp_path, which):
-    build_card(SlotSpec(type="piv"), 0, tmp_path)
+    build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
     d = card_dir(tmp_path)
     os.chown(d if which == "directory" else d / "state.json", 4242, 4242)
-    with pytest.raises(StorageError, match="belongs to uid 4242.*refusing"):
-        build_card(SlotSpec(type="piv"), 0, tmp_path)
+    with pytest.raises(EngineError, match=r"slot 0 \(emulated-piv\): .* belongs to uid 4242.*refusing"):
+        build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
 
 
 def test_state_owned_by_another_user_is_refused_without_root(tmp_path, monkeypatch):
-    build_card(SlotSpec(type="piv"), 0, tmp_path)
+    build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)
     with pytest.raises(StorageError, match="refusing"):
         CardStore(card_dir(tmp_path)).load()
 
 
 def test_state_file_that_is_a_symlink_is_refused(tmp_path):
-    build_card(SlotSpec(type="piv"), 0, tmp_path)
+    build_card(SlotSpec(type="piv"), CardContext(slot=0, state_dir=tmp_path))
     d = card_dir(tmp_path)
     (d / "state.json").rename(tmp_path / "elsewhere.json")
     (d / "state.json").symlink_to(tmp_path / "elsewhere.json")
@@ -85,9 +86,9 @@ def test_state_file_that_is_a_symlink_is_refused(tmp_path):
 
 # -- listeners ---------------------------------------------------------------------------------
 def test_default_listen_addresses_are_loopback():
-    assert {host for host, _ in DEFAULT_LISTEN.values()} == {"127.0.0.1"}
+    assert {info.default_listen[0] for info in ENGINES.values() if info.default_listen} == {"127.0.0.1"}
     for engine in ("passthru", "vpcd"):
-        card = build_card(SlotSpec(engine=engine), 0, "/nonexistent")
+        card = build_card(SlotSpec(engine=engine), CardContext(slot=0, state_dir="/nonexistent"))
         assert card.listen[0] == "127.0.0.1", engine
     assert VSCardServerCard().listen[0] == "127.0.0.1"
     assert VpcdServerCard().listen[0] == "127.0.0.1"

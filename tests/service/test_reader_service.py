@@ -161,7 +161,7 @@ def test_engine_losing_the_card_mid_apdu_empties_the_slot():
         assert t.interrupts and t.interrupts[-1][1] & 0x03 == 0x02   # changed, not present
         r = await exchange(t, service, GET_SLOT_STATUS, seq=3)
         assert r["status"] == 0x02
-        assert service.describe()[0]["last_error"].startswith("CardAbsent")
+        assert service.slot_status(0).last_error.startswith("CardAbsent")
         await service.stop()
     run(main())
 
@@ -222,13 +222,14 @@ def test_insert_and_remove_are_notified():
 
 
 @pytest.mark.parametrize("slots", [1, 3])
-def test_describe_lists_every_slot(slots):
+def test_statuses_list_every_slot(slots):
     async def main():
         service = ReaderService([IsoCard() for _ in range(slots)])
         await service.start()
-        info = service.describe()
-        assert [s["slot"] for s in info] == list(range(slots))
-        assert all(s["engine"] == "emulated" and s["present"] for s in info)
+        info = service.statuses()
+        assert [s.slot for s in info] == list(range(slots))
+        assert all(s.engine == "emulated" and s.present for s in info)
+        assert info[0].to_json()["engine"] == "emulated" and info[0].to_json()["apdus"] == 0
         await service.stop()
     run(main())
 

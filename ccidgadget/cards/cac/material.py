@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..base import CardSetupError
 from ..keys import CardKey, KeyLoadError, load_key_and_cert
 
 #: libcacard builds one PKI applet per certificate; QEMU passes exactly three.
@@ -42,7 +43,7 @@ CAC_LABELS = ("CAC ID Certificate", "CAC Email Signature Certificate", "CAC Emai
 NSS_TIMEOUT = 60
 
 
-class CacMaterialError(ValueError):
+class CacMaterialError(CardSetupError, ValueError):
     """The certificates or keys cannot make a CAC card (message is for the user)."""
 
 

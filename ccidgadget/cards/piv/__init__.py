@@ -10,5 +10,11 @@ from .constants import (ALGORITHM, INS, MANAGEMENT_ALGORITHM, OBJECT_ID, PIN_POL
                         TOUCH_POLICY)
 from .state import PivState
 
+
+def build_card(spec, context) -> PivCard:
+    """`--card emulated --type piv` (options.CARD_TYPES): the card in its state directory, made on first use."""
+    return PivCard.from_directory(context.card_dir(spec), inserted=spec.inserted)
+
+
 __all__ = ["PivCard", "PivApplet", "PivState", "ALGORITHM", "INS", "MANAGEMENT_ALGORITHM", "OBJECT_ID",
            "PIN_POLICY", "PIV_AID", "SLOT", "TOUCH_POLICY"]
