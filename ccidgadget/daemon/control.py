@@ -16,8 +16,8 @@ Access is the file's: the socket is created 0600 root:root, or 0660
 root:<control_group> when the configuration names a group.  The peer's
 credentials (SO_PEERCRED) are logged with every state-changing verb.
 
-The server calls a small interface on the daemon (`ControlTarget`), so tests
-drive it with a fake; the client (`call`) turns every way of not reaching the
+`VERBS` is the table of requests; the server calls a small interface on the
+daemon (`ControlTarget`) through it, so tests drive it with a fake; the client (`call`) turns every way of not reaching the
 daemon into a `ControlError` whose message says what to do.
 """
 
@@ -25,20 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import inspect
 import json
 import logging
 import os
 import socket
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .. import __version__
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
-VERBS = ("status", "insert", "remove", "reload", "ping")
 #: Exit statuses of the client verbs.
 EXIT_FAILED = 1          # the daemon answered with an error
 EXIT_NO_DAEMON = 3       # like systemctl status: not running (or not reachable)
@@ -60,6 +61,28 @@ class ControlTarget(Protocol):
     def insert(self, slot: int) -> dict: ...
     def remove(self, slot: int) -> dict: ...
     async def reload(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One request the socket answers."""
+
+    name: str
+    #: request keys it needs, each an integer (a slot number)
+    int_args: tuple[str, ...]
+    #: logged with the caller's credentials
+    changes_state: bool
+    #: (target, request) -> result, or an awaitable of it
+    run: Callable[[ControlTarget, dict], Any]
+
+
+VERBS: dict[str, Verb] = {v.name: v for v in (
+    Verb("status", (), False, lambda target, request: target.status()),
+    Verb("insert", ("slot",), True, lambda target, request: target.insert(request["slot"])),
+    Verb("remove", ("slot",), True, lambda target, request: target.remove(request["slot"])),
+    Verb("reload", (), True, lambda target, request: target.reload()),
+    Verb("ping", (), False, lambda target, request: {"version": __version__, "pid": os.getpid()}),
+)}
 
 
 # -- server --------------------------------------------------------------------------
@@ -151,27 +174,25 @@ class ControlServer:
             return {"ok": False, "error": f"request is not JSON: {e}"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object with a \"verb\""}
-        verb = request.get("verb")
-        if verb not in VERBS:
-            return {"ok": False, "error": f"unknown verb {verb!r}; allowed: {', '.join(VERBS)}"}
+        verb = VERBS.get(request.get("verb"))
+        if verb is None:
+            return {"ok": False, "error": f"unknown verb {request.get('verb')!r}; allowed: {', '.join(VERBS)}"}
+        for arg in verb.int_args:
+            value = request.get(arg)
+            if isinstance(value, bool) or not isinstance(value, int):
+                return {"ok": False, "error": f"{verb.name} needs \"{arg}\": an integer {arg} number"}
+        if verb.changes_state:
+            log.info("control: %s%s by %s", verb.name, "".join(f" {a} {request[a]}" for a in verb.int_args), peer,
+                     extra={"event": f"control-{verb.name}"})
         try:
-            if verb == "ping":
-                return {"ok": True, "result": {"version": __version__, "pid": os.getpid()}}
-            if verb == "status":
-                return {"ok": True, "result": self.target.status()}
-            log.info("control: %s%s by %s", verb, f" slot {request['slot']}" if "slot" in request else "", peer,
-                     extra={"event": f"control-{verb}"})
-            if verb in ("insert", "remove"):
-                slot = request.get("slot")
-                if isinstance(slot, bool) or not isinstance(slot, int):
-                    return {"ok": False, "error": f"{verb} needs \"slot\": an integer slot number"}
-                fn = self.target.insert if verb == "insert" else self.target.remove
-                return {"ok": True, "result": fn(slot)}
-            return {"ok": True, "result": await self.target.reload()}
+            result = verb.run(self.target, request)
+            if inspect.isawaitable(result):
+                result = await result
+            return {"ok": True, "result": result}
         except ControlError as e:
             return {"ok": False, "error": str(e)}
         except Exception as e:                           # a bug: answer, log, keep serving
-            log.exception("control verb %s failed", verb)
+            log.exception("control verb %s failed", verb.name)
             return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
 
 
