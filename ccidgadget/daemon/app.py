@@ -30,7 +30,9 @@ from ..engines import CardContext, EngineError, build_card
 from ..options import ENGINES, DaemonOptions, SlotSpec
 from ..usb.device import UsbDevice
 from ..usb.gadget import GadgetError
+from .config import ConfigError
 from .control import ControlError, ControlServer
+from .journal import set_level
 from .reload import ReloadPlan, plan
 from .service import ReaderService
 
@@ -162,8 +164,6 @@ class Daemon:
 
     async def reload(self) -> dict:
         """Re-read the configuration and apply it (the control verb and SIGHUP)."""
-        from .config import ConfigError
-
         if self.loader is None:
             raise ControlError("this daemon has no configuration to re-read")
         if self.service is None:
@@ -191,7 +191,6 @@ class Daemon:
 
     async def _execute(self, p: ReloadPlan) -> dict:
         if p.log_level:
-            from .journal import set_level
             set_level(p.log_level)
         if p.control_group_changed and self.control is not None:
             self.control.apply_permissions(p.options.control_group)
