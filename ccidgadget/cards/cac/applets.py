@@ -25,15 +25,24 @@ VERIFY, GET CHALLENGE and GET RESPONSE are card-wide (see card.py).
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..applet import Applet
 from ..iso7816 import SW, ApduError, CommandAPDU
 from ..tlv import tlv as ber_tlv
 from . import simpletlv as stlv
 
-if TYPE_CHECKING:
-    from .card import CacCard
+
+class CardSide(Protocol):
+    """What a CAC applet may ask of its card (card.py implements it): nothing more, so applets never reach
+    into the card's state, and this module does not depend on card.py."""
+
+    def card_command(self, cmd: CommandAPDU) -> bytes:
+        """The commands every applet accepts (VERIFY, GET CHALLENGE), answered card-wide."""
+
+    def require_pin(self) -> None:
+        """Return if the PIN has been verified in this card session, else raise ApduError 6982."""
+
 
 GSC_RID = bytes.fromhex("A000000079")          # DoD CAC registered application provider
 NIST_RID = bytes.fromhex("A000000116")         # GSC-IS / NIST RID of the CCC and ACF
@@ -115,7 +124,7 @@ class CacContainer(Applet):
 
     name = "CAC container"
 
-    def __init__(self, card: "CacCard", aid: bytes, *, coids: list[bytes] = (),
+    def __init__(self, card: CardSide, aid: bytes, *, coids: list[bytes] = (),
                  properties: list[tuple[int, bytes]], long_properties: list[tuple[int, bytes]] | None = None,
                  tl: bytes = b"\x00\x00", v: bytes = b"\x00\x00", name: str | None = None) -> None:
         self.card = card
@@ -215,7 +224,7 @@ def empty_applet(card, aid: bytes, coids: list[bytes], *, simpletlv: bool = Fals
 class PkiApplet(CacContainer):
     """One certificate and its RSA key (libcacard `cac_new_pki_applet_private`)."""
 
-    def __init__(self, card: "CacCard", index: int, cert_der: bytes, key) -> None:
+    def __init__(self, card: CardSide, index: int, cert_der: bytes, key) -> None:
         self.index = index
         self.key = key
         self.key_bytes = key.key_size // 8
