@@ -115,6 +115,14 @@ class Card(abc.ABC):
     async def transmit(self, apdu: bytes) -> bytes:
         """Send one command APDU, return the response APDU (data + SW1 SW2)."""
 
+    def transmit_now(self, apdu: bytes) -> bytes | None:
+        """The response APDU if the engine has it without waiting for anything, else None (then `transmit`).
+
+        The reader asks this first: an answer computed in microseconds then leaves in the same turn of the
+        event loop as the command arrived, with no task and no loop hop (they cost more than the card).
+        """
+        return None
+
 
 class EmulatedCard(Card):
     """Base for cards computed on the board.
@@ -180,6 +188,12 @@ class EmulatedCard(Card):
         if len(apdu) >= 2 and apdu[1] in self.QUICK_INS:
             return self.process_apdu(apdu)
         return await self._run(self.process_apdu, apdu)
+
+    def transmit_now(self, apdu: bytes) -> bytes | None:
+        # In-memory reads run on the loop; anything else (and every error case) goes through transmit().
+        if len(apdu) >= 2 and apdu[1] in self.QUICK_INS and self._powered and self.present:
+            return self.process_apdu(bytes(apdu))
+        return None
 
     # -- what a concrete emulated card provides -----------------------------
     @abc.abstractmethod

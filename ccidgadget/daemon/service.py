@@ -237,21 +237,28 @@ class ReaderService:
 
     # -- the event pump -----------------------------------------------------
     def _flush(self) -> None:
-        for event in self.reader.next_events():
-            if isinstance(event, BulkIn):
-                if self.transport is not None:
-                    self.transport.send_bulk_in(event.data)
-            elif isinstance(event, Transmit):
+        # An answer given at once (`_transmit_now`) queues more events: drain until none are left.
+        while events := self.reader.next_events():
+            for event in events:
+                self._handle(event)
+
+    def _handle(self, event) -> None:
+        # (in order of frequency)
+        if isinstance(event, BulkIn):
+            if self.transport is not None:
+                self.transport.send_bulk_in(event.data)
+        elif isinstance(event, Transmit):
+            if not self._transmit_now(event):
                 self._start(event.slot, event.token, lambda e=event: self._transmit(e.slot, e.apdu))
-            elif isinstance(event, InterruptPending):
-                if self.transport is not None:
-                    self.transport.interrupt_pending()
-            elif isinstance(event, PowerOn):
-                self._start(event.slot, event.token, lambda slot=event.slot: self._power_on(slot))
-            elif isinstance(event, PowerOff):
-                asyncio.get_running_loop().create_task(self._power_off(event.slot))
-            elif isinstance(event, Cancel):
-                self._requests.end(event.token, cancel=True)
+        elif isinstance(event, InterruptPending):
+            if self.transport is not None:
+                self.transport.interrupt_pending()
+        elif isinstance(event, PowerOn):
+            self._start(event.slot, event.token, lambda slot=event.slot: self._power_on(slot))
+        elif isinstance(event, PowerOff):
+            asyncio.get_running_loop().create_task(self._power_off(event.slot))
+        elif isinstance(event, Cancel):
+            self._requests.end(event.token, cancel=True)
 
     def _start(self, slot: int, token: int, work: Callable[[], Awaitable[bytes]]) -> None:
         # `work` makes the coroutine only when the task runs, so a request
@@ -267,6 +274,26 @@ class ReaderService:
         atr = await self.cards[slot].power_on()
         self.stats[slot].power_ons += 1
         return atr
+
+    def _transmit_now(self, event: Transmit) -> bool:
+        """Answer `event` in this turn of the loop if its card can (`Card.transmit_now`); True if it did."""
+        slot = event.slot
+        try:
+            rapdu = self.cards[slot].transmit_now(event.apdu)
+            if rapdu is None:
+                return False
+            self.stats[slot].apdus += 1
+            if len(rapdu) < 2:
+                raise CardMute(f"engine returned a {len(rapdu)}-byte response")
+        except CardError as e:
+            self._failed(slot, event.token, e, outstanding=True)
+            return True
+        except Exception as e:              # an engine bug: a hardware error, never a dead slot
+            log.exception("slot %d: card engine failed", slot)
+            self._failed(slot, event.token, CardHardwareError(repr(e)), outstanding=True)
+            return True
+        self.reader.card_answer(event.token, rapdu)
+        return True
 
     async def _transmit(self, slot: int, apdu: bytes) -> bytes:
         self.stats[slot].apdus += 1
@@ -298,8 +325,10 @@ class ReaderService:
                 self.reader.card_answer(token, data)
         self._flush()
 
-    def _failed(self, slot: int, token: int, error: CardError, *, cancel: bool = False) -> None:
-        outstanding = self._requests.end(token, cancel=cancel)
+    def _failed(self, slot: int, token: int, error: CardError, *, cancel: bool = False,
+                outstanding: bool = False) -> None:
+        """`token` failed with `error`; `outstanding`: it was answered at once and never became a request."""
+        outstanding = self._requests.end(token, cancel=cancel) or outstanding
         stats = self.stats[slot]
         stats.errors += 1
         stats.last_error = f"{type(error).__name__}: {error}"
