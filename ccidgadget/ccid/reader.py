@@ -323,7 +323,8 @@ class Reader:
         if slot is None:
             self._late_answers += 1
             return
-        data = bytes(data)
+        if data.__class__ is not bytes:
+            data = bytes(data)
         if slot.request is _POWER_ON:
             slot.request = None
             try:
@@ -397,45 +398,42 @@ class Reader:
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self, header: Header, data: bytes) -> None:
+        """Run the checks of the module docstring in their order, then the message's handler."""
         rule = _RULES.get(header.message_type)
         slots = self._slots
-        if rule is None:
+        if rule is None:  # 1
             slot = slots[header.slot] if header.slot < len(slots) else None
             self._fail(MT.RDR_to_PC_SlotStatus, header.slot, header.seq, slot, SlotError.CMD_NOT_SUPPORTED)
             return
-        if header.slot >= len(slots):
+        if header.slot >= len(slots):  # 2
             self._fail(rule.response_type, header.slot, header.seq, None, FieldOffset.B_SLOT)
             return
         slot = slots[header.slot]
         slot.last_seq = header.seq
         slot.commands += 1
-        error = self._check(slot, header, rule)
-        if error is not None:
-            if header.message_type == _XFR_BLOCK and error not in _KEEPS_CHAIN:
-                slot.drop_chain()
-            self._fail(rule.response_type, header.slot, header.seq, slot, error)
-            return
-        rule.handler(self, slot, header, data)  # type: ignore[misc]  (_check refused None)
-
-    @staticmethod
-    def _check(slot: Slot, header: Header, rule: _Rule) -> int | None:
-        """The bError for the message in `slot`'s current state, or None if it may run."""
+        # 3..8, written out: this runs once per message.
         if (slot.abort_request_seq is not None or slot.abort_message_seq is not None) and not rule.is_abort:
-            return SlotError.CMD_ABORTED
-        if rule.handler is None:
-            return SlotError.CMD_NOT_SUPPORTED
-        if slot.request is not None and not rule.is_abort:
-            return SlotError.CMD_SLOT_BUSY
-        if rule.length is not None and header.length != rule.length:
-            return FieldOffset.DW_LENGTH
-        for offset, allowed in rule.fields:
-            if header.field(offset) not in allowed:
-                return offset
-        if rule.need_card and not slot.present:
-            return SlotError.ICC_MUTE
-        if rule.need_active and not slot.powered:
-            return SlotError.ICC_MUTE
-        return None
+            error: int = SlotError.CMD_ABORTED
+        elif rule.handler is None:
+            error = SlotError.CMD_NOT_SUPPORTED
+        elif slot.request is not None and not rule.is_abort:
+            error = SlotError.CMD_SLOT_BUSY
+        elif rule.length is not None and header.length != rule.length:
+            error = FieldOffset.DW_LENGTH
+        else:
+            for offset, allowed in rule.fields:
+                if header[offset - 3] not in allowed:  # Header.field(offset)
+                    error = offset
+                    break
+            else:
+                if (rule.need_card and not slot.present) or (rule.need_active and not slot.powered):
+                    error = SlotError.ICC_MUTE
+                else:
+                    rule.handler(self, slot, header, data)
+                    return
+        if header.message_type == _XFR_BLOCK and error not in _KEEPS_CHAIN:
+            slot.drop_chain()
+        self._fail(rule.response_type, header.slot, header.seq, slot, error)
 
     # -------------------------------------------------------------- handlers
     def _icc_power_on(self, slot: Slot, header: Header, data: bytes) -> None:
