@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -116,8 +117,8 @@ Handler = Callable[["Reader", Slot, Header, bytes], None]
 class _Rule:
     """How one PC_to_RDR message is checked and handled (one row of `_RULES`)."""
 
-    __slots__ = ("message_type", "handler", "length", "fields", "need_card", "need_active", "response_type",
-                 "is_abort")
+    __slots__ = ("message_type", "handler", "length", "fields", "specific", "need_card", "need_active",
+                 "response_type", "is_abort")
 
     def __init__(self, message_type: int, handler: Handler | None, length: int | None = 0,
                  fields: tuple[tuple[int, frozenset[int]], ...] = _RFU, need: _Need = _Need.NOTHING) -> None:
@@ -125,6 +126,11 @@ class _Rule:
         self.handler = handler  # None: CMD_NOT_SUPPORTED
         self.length = length  # required dwLength; None = variable, the handler checks
         self.fields = fields  # (offset, allowed values) for offsets 7..9
+        #: Every allowed (byte 7, byte 8, byte 9), so that a good message costs one look-up; None: unchecked.
+        self.specific: frozenset[tuple[int, int, int]] | None = None
+        if fields:
+            assert tuple(offset for offset, _ in fields) == (7, 8, 9)
+            self.specific = frozenset(itertools.product(*(allowed for _, allowed in fields)))
         self.need_card = need >= _Need.CARD
         self.need_active = need >= _Need.ACTIVE_CARD
         self.response_type = RESPONSE_TYPE[message_type]
@@ -313,7 +319,7 @@ class Reader:
                 self._fail_pending(s, SlotError.ICC_MUTE)
             s.drop_chain()
             s.engine_on = False
-            s.atr = None
+            s.set_atr(None)
         s.reset_parameters()
         self._interrupt_queued(was_waiting)
 
@@ -337,7 +343,7 @@ class Reader:
                 self._events.append(PowerOff(slot.index))
                 return
             slot.powered = True
-            slot.atr = atr
+            slot.set_atr(atr)
             slot.reset_parameters()
             self._send(messages.data_block(slot.index, slot.request_seq, slot.icc_status, data=data))
             return
@@ -420,17 +426,13 @@ class Reader:
             error = SlotError.CMD_SLOT_BUSY
         elif rule.length is not None and header.length != rule.length:
             error = FieldOffset.DW_LENGTH
+        elif rule.specific is not None and header[4:] not in rule.specific:  # (b7, b8, b9)
+            error = next(offset for offset, allowed in rule.fields if header.field(offset) not in allowed)
+        elif (rule.need_card and not slot.present) or (rule.need_active and not slot.powered):
+            error = SlotError.ICC_MUTE
         else:
-            for offset, allowed in rule.fields:
-                if header[offset - 3] not in allowed:  # Header.field(offset)
-                    error = offset
-                    break
-            else:
-                if (rule.need_card and not slot.present) or (rule.need_active and not slot.powered):
-                    error = SlotError.ICC_MUTE
-                else:
-                    rule.handler(self, slot, header, data)
-                    return
+            rule.handler(self, slot, header, data)
+            return
         if header.message_type == _XFR_BLOCK and error not in _KEEPS_CHAIN:
             slot.drop_chain()
         self._fail(rule.response_type, header.slot, header.seq, slot, error)

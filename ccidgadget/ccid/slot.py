@@ -70,7 +70,7 @@ class Slot:
 
     __slots__ = (
         "index", "max_payload", "max_command", "present", "powered", "engine_on", "changed", "atr",
-        "protocol", "parameters", "request", "request_token", "request_seq", "request_type", "chain",
+        "atr_defaults", "protocol", "parameters", "request", "request_token", "request_seq", "request_type", "chain",
         "command", "response", "response_pos", "abort_request_seq", "abort_message_seq", "last_seq",
         "commands", "errors", "time_extensions")
 
@@ -84,7 +84,9 @@ class Slot:
         self.engine_on = False
         #: bmSlotICCState "changed" bit (§6.3.1), cleared when reported.
         self.changed = False
-        self.atr: Atr | None = None
+        self.atr: Atr | None = None  # set through set_atr()
+        #: (bProtocolNum, abProtocolDataStructure) the ATR implies, worked out once per ATR.
+        self.atr_defaults: tuple[int, bytes] = (Protocol.T0, DEFAULT_T0_PARAMETERS)
         self.protocol: int = Protocol.T0
         self.parameters = DEFAULT_T0_PARAMETERS
         #: The card request the host waits on (None: the slot is not busy), its token, and the
@@ -127,13 +129,18 @@ class Slot:
         # ISO 7816-3 §6.4 deactivation leaves CLK at state L.
         return _RUNNING if self.powered else _STOPPED_L
 
+    def set_atr(self, atr: Atr | None) -> None:
+        """The card's ATR (None: no card, or not powered since it came)."""
+        self.atr = atr
+        if atr is None:
+            self.atr_defaults = (Protocol.T0, DEFAULT_T0_PARAMETERS)
+        else:
+            protocol = atr.default_protocol
+            self.atr_defaults = (protocol, atr.parameters(protocol))
+
     def reset_parameters(self) -> None:
         """Protocol and parameters back to the ATR's (or ISO's defaults before any ATR), §6.1.6."""
-        if self.atr is None:
-            self.protocol, self.parameters = Protocol.T0, DEFAULT_T0_PARAMETERS
-        else:
-            self.protocol = self.atr.default_protocol
-            self.parameters = self.atr.parameters(self.protocol)
+        self.protocol, self.parameters = self.atr_defaults
 
     def drop_chain(self) -> None:
         """Forget a chained command or response in progress."""
