@@ -51,6 +51,8 @@ SLOTS = 2
 CONFIG = ReaderConfig(slots=SLOTS, max_message_length=300, max_command_apdu_length=700,
                       max_response_apdu_length=1000)
 MAX_PAYLOAD = CONFIG.max_payload
+MAX_MESSAGE, MAX_COMMAND, MAX_RESPONSE = (CONFIG.max_message_length, CONFIG.max_command_apdu_length,
+                                          CONFIG.max_response_apdu_length)
 
 
 def make_atr(hist: bytes = b"ccidgdgt") -> bytes:
@@ -218,17 +220,20 @@ class Harness:
 
     def check_bounds(self) -> None:
         r = self.reader
-        if len(r._rx) >= CONFIG.max_message_length:
+        if len(r._rx) >= MAX_MESSAGE:
             raise Finding(f"{len(r._rx)} bulk-OUT bytes buffered, more than one message")
         for s in r._slots:
-            if len(s.command) > CONFIG.max_command_apdu_length or len(s.response) > CONFIG.max_response_apdu_length:
+            if len(s.command) > MAX_COMMAND or len(s.response) > MAX_RESPONSE:
                 raise Finding(f"slot {s.index} buffers {len(s.command)}/{len(s.response)} chained bytes")
         if len(r._hardware_errors) > 16 or len(r._pending) > SLOTS:
             raise Finding("queues past their limits")
         busy = r.busy_slots()
-        if len(busy) != len(self.requests) or any(e.slot not in busy for e in self.requests.values()):
-            raise Finding(f"busy slots {busy} but outstanding engine requests "
-                          f"for {sorted(e.slot for e in self.requests.values())}")
+        requests = self.requests
+        if len(busy) != len(requests):
+            raise Finding(f"busy slots {busy} but outstanding engine requests {requests}")
+        for request in requests.values():
+            if request.slot not in busy:
+                raise Finding(f"busy slots {busy} but outstanding engine requests {requests}")
 
     # -- the engine -------------------------------------------------------------------------
     def pick(self, index: int) -> int | None:
@@ -279,8 +284,8 @@ class Harness:
         self.bulk(b"", True)
         # GetSlotStatus (§6.1.3): bStatus, bError and bClockStatus from the slot's state.
         want = []
-        for slot in slots:
-            state = r.slot_state(slot)
+        states = [r.slot_state(slot) for slot in slots]
+        for slot, state in zip(slots, states):
             failed, error = (1, ABORTED) if state.aborting else (1, BUSY) if state.busy else (0, 0)
             icc = int(state.icc_status)
             clock = 0 if icc == 0 else 1                  # stopped in state L unless active (ISO 7816-3 §6.4)
@@ -291,8 +296,8 @@ class Harness:
         # completes any abort, a card goes in.
         for token, request in sorted(self.requests.items()):
             self.reply(token, ATR if isinstance(request, PowerOn) else b"\x90\x00")
-        for slot in slots:
-            if r.slot_state(slot).aborting:
+        for slot, state in zip(slots, states):
+            if state.aborting:                            # (answers from the engine do not end an abort)
                 if self.control(0x21, 0x01, slot | 0x7E << 8, 0) != b"":
                     raise Finding("ep0 ABORT refused")
                 self.one(self.bulk(header(0x72, slot, 0x7E), True), 0x81, slot, 0x7E)
