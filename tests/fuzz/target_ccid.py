@@ -266,7 +266,7 @@ class Harness:
     def new_requests(self, what: str, kind: type) -> list:
         """The events since the last drain are one new `kind` request per slot, in slot order."""
         got = self.reader.next_events()
-        if [(e.__class__, e.slot) for e in got] != [(kind, slot) for slot in range(SLOTS)] \
+        if [(e.__class__, getattr(e, "slot", None)) for e in got] != [(kind, slot) for slot in range(SLOTS)] \
                 or len({e.token for e in got} | set(self.requests)) != SLOTS + len(self.requests):
             raise Finding(f"{what}: expected one new {kind.__name__} per slot, got {got}")
         return got
