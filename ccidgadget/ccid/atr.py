@@ -8,6 +8,8 @@ from TA1, TC1, TD1, TC2 and the first TA/TB/TC after a T=1 indication.
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 from .config import MAX_ATR_LENGTH
@@ -61,6 +63,9 @@ class Atr:
         return self.t1_parameters() if protocol == Protocol.T1 else self.t0_parameters()
 
 
+# An engine answers every IccPowerOn with the same ATR (a pcscd reconnect, a host reset, each
+# fuzz input): the result of a parse is immutable, so the last few are kept.
+@functools.lru_cache(maxsize=16)
 def parse_atr(raw: bytes) -> Atr:
     """Parse `raw`; raise AtrError with the CCID error to report if it is unusable."""
     if not raw or raw[0] not in (TS_DIRECT, TS_INVERSE):
@@ -124,10 +129,7 @@ def parse_atr(raw: bytes) -> Atr:
     if needs_tck:
         if pos >= len(raw):
             raise AtrError(SlotError.BAD_ATR_TCK, "TCK missing")
-        check = 0
-        for b in raw[1:pos + 1]:
-            check ^= b
-        if check != 0:
+        if functools.reduce(operator.xor, raw[1:pos + 1], 0) != 0:  # XOR of T0 .. TCK
             raise AtrError(SlotError.BAD_ATR_TCK, "TCK does not check")
         pos += 1
     # Bytes after the end are tolerated (a T=0-only card that sends a TCK anyway):

@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Codec for CCID bulk and interrupt messages (CCID rev 1.1 §6).
 
-Parsing is split in two steps so that the reader never buffers a payload it
-will reject: `parse_header()` reads the fixed 10 bytes (and so dwLength), and
-`Command` is built once the whole message is there.  Builders return `bytes`
-ready for the bulk-IN or interrupt-IN endpoint.
+Parsing reads the fixed 10-byte header first (`parse_header`, and so
+dwLength), so that the framer never buffers a payload it will reject; abData
+travels beside the `Header` as plain bytes.  Builders return `bytes` ready for
+the bulk-IN or interrupt-IN endpoint.  Everything here runs once per message:
+the structs are built once and `Header` is a tuple.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .constants import (
     CCID_HEADER_SIZE,
@@ -18,111 +20,96 @@ from .constants import (
     MessageType,
 )
 
-_HEADER = struct.Struct("<BIBB3s")  # bMessageType dwLength bSlot bSeq + 3 message-specific bytes
+#: PC_to_RDR header: bMessageType dwLength bSlot bSeq + 3 message-specific bytes (fields of `Header`).
+HEADER = struct.Struct("<BIBBBBB")
 _RESPONSE_HEADER = struct.Struct("<BIBBBBB")  # ... bStatus bError + 1 message-specific byte
-assert _HEADER.size == CCID_HEADER_SIZE == _RESPONSE_HEADER.size
+_DATA_RATE_AND_CLOCK = struct.Struct("<II")  # dwClockFrequency dwDataRate (§6.2.5)
+assert HEADER.size == CCID_HEADER_SIZE == _RESPONSE_HEADER.size
+
+_DATA_BLOCK = MessageType.RDR_to_PC_DataBlock.value
+_SLOT_STATUS = MessageType.RDR_to_PC_SlotStatus.value
+_PARAMETERS = MessageType.RDR_to_PC_Parameters.value
+_ESCAPE = MessageType.RDR_to_PC_Escape.value
+_DATA_RATE_AND_CLOCK_FREQUENCY = MessageType.RDR_to_PC_DataRateAndClockFrequency.value
 
 
-@dataclass(frozen=True)
-class Header:
-    """The 10-byte header every PC_to_RDR message starts with (§6.1)."""
+class Header(NamedTuple):
+    """The 10-byte header every PC_to_RDR message starts with (§6.1).
+
+    Offsets 7, 8 and 9 are message-specific; `field(offset)` reads one of them
+    by its offset in the message, the way §6.2.6 names a bad field in bError.
+    """
 
     message_type: int
     length: int  # dwLength: size of abData, header excluded
     slot: int
     seq: int
-    specific: bytes  # offsets 7..9, meaning depends on the message
+    b7: int
+    b8: int
+    b9: int
 
     def field(self, offset: int) -> int:
         """Byte at `offset` (7, 8 or 9) of the message."""
-        return self.specific[offset - 7]
-
-
-def parse_header(buf: bytes | bytearray | memoryview) -> Header:
-    """Decode the first 10 bytes of `buf`; the caller guarantees they are there."""
-    message_type, length, slot, seq, specific = _HEADER.unpack_from(buf, 0)
-    return Header(message_type, length, slot, seq, bytes(specific))
-
-
-@dataclass(frozen=True)
-class Command:
-    """One complete PC_to_RDR message: header plus abData."""
-
-    header: Header
-    data: bytes
-
-    @property
-    def message_type(self) -> int:
-        return self.header.message_type
-
-    @property
-    def slot(self) -> int:
-        return self.header.slot
-
-    @property
-    def seq(self) -> int:
-        return self.header.seq
-
-    @property
-    def length(self) -> int:
-        return self.header.length
-
-    def field(self, offset: int) -> int:
-        return self.header.field(offset)
+        return self[offset - 3]  # offsets 7..9 are tuple items 4..6
 
     @property
     def level_parameter(self) -> int:
         """wLevelParameter of PC_to_RDR_XfrBlock, offsets 8-9 (§6.1.4)."""
-        return self.header.specific[1] | self.header.specific[2] << 8
+        return self.b8 | self.b9 << 8
 
 
-def parse_command(buf: bytes | bytearray | memoryview) -> Command:
-    """Decode a complete message (header + exactly dwLength bytes)."""
-    header = parse_header(buf)
-    data = bytes(buf[CCID_HEADER_SIZE:CCID_HEADER_SIZE + header.length])
-    assert len(data) == header.length, "caller must pass a complete message"
-    return Command(header, data)
+_header_from = tuple.__new__  # Header(*fields) without the per-field Python call
+
+
+def parse_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> Header:
+    """Decode the 10 bytes of `buf` at `offset`; the caller guarantees they are there."""
+    return _header_from(Header, HEADER.unpack_from(buf, offset))
 
 
 def encode_command(message_type: int, slot: int, seq: int, specific: bytes = b"\0\0\0",
                    data: bytes = b"") -> bytes:
     """Build a PC_to_RDR message (for tools and the fuzz corpus; the tests build theirs by hand)."""
-    return _HEADER.pack(message_type, len(data), slot, seq, specific) + data
+    return HEADER.pack(message_type, len(data), slot, seq, *specific) + data
 
 
 # --- RDR_to_PC (§6.2) --------------------------------------------------------
 
+_pack_response = _RESPONSE_HEADER.pack
+
+
 def _response(message_type: int, slot: int, seq: int, status: int, error: int, specific: int,
-              data: bytes = b"") -> bytes:
-    return _RESPONSE_HEADER.pack(message_type, len(data), slot, seq, status, error, specific) + data
+              data: bytes | memoryview = b"") -> bytes:
+    return _pack_response(message_type, len(data), slot, seq, status, error, specific) + data
 
 
-def data_block(slot: int, seq: int, status: int, error: int = 0, chain: int = 0, data: bytes = b"") -> bytes:
-    """RDR_to_PC_DataBlock 0x80 (§6.2.1); offset 9 is bChainParameter."""
-    return _response(MessageType.RDR_to_PC_DataBlock, slot, seq, status, error, chain, data)
+def data_block(slot: int, seq: int, status: int, error: int = 0, chain: int = 0,
+               data: bytes | memoryview = b"") -> bytes:
+    """RDR_to_PC_DataBlock 0x80 (§6.2.1); offset 9 is bChainParameter.  `data` may be a view."""
+    # Once per XfrBlock answer: packed here rather than through _response.
+    return _pack_response(_DATA_BLOCK, len(data), slot, seq, status, error, chain) + data
 
 
 def slot_status(slot: int, seq: int, status: int, error: int = 0,
                 clock_status: int = ClockStatus.RUNNING) -> bytes:
     """RDR_to_PC_SlotStatus 0x81 (§6.2.2); offset 9 is bClockStatus, dwLength is 0."""
-    return _response(MessageType.RDR_to_PC_SlotStatus, slot, seq, status, error, clock_status)
+    return _response(_SLOT_STATUS, slot, seq, status, error, clock_status)
 
 
 def parameters(slot: int, seq: int, status: int, error: int = 0, protocol: int = 0, data: bytes = b"") -> bytes:
     """RDR_to_PC_Parameters 0x82 (§6.2.3); offset 9 is bProtocolNum, abData the T=0/T=1 structure."""
-    return _response(MessageType.RDR_to_PC_Parameters, slot, seq, status, error, protocol, data)
+    return _response(_PARAMETERS, slot, seq, status, error, protocol, data)
 
 
 def escape(slot: int, seq: int, status: int, error: int = 0, data: bytes = b"") -> bytes:
     """RDR_to_PC_Escape 0x83 (§6.2.4); offset 9 is RFU."""
-    return _response(MessageType.RDR_to_PC_Escape, slot, seq, status, error, 0, data)
+    return _response(_ESCAPE, slot, seq, status, error, 0, data)
 
 
 def data_rate_and_clock_frequency(slot: int, seq: int, status: int, error: int, clock_khz: int,
                                   rate_bps: int) -> bytes:
     """RDR_to_PC_DataRateAndClockFrequency 0x84 (§6.2.5): dwLength 8, dwClockFrequency, dwDataRate."""
-    return _response(MessageType.RDR_to_PC_DataRateAndClockFrequency, slot, seq, status, error, 0,
-                     struct.pack("<II", clock_khz, rate_bps))
+    return _response(_DATA_RATE_AND_CLOCK_FREQUENCY, slot, seq, status, error, 0,
+                     _DATA_RATE_AND_CLOCK.pack(clock_khz, rate_bps))
 
 
 def notify_slot_change(slot_bits: bytes) -> bytes:

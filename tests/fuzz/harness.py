@@ -76,20 +76,29 @@ class Input:
     FuzzedDataProvider, but usable without atheris).
     """
 
+    __slots__ = ("data", "pos", "end")
+
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
         self.pos = 0
+        self.end = len(self.data)
 
     def more(self) -> bool:
-        return self.pos < len(self.data)
+        return self.pos < self.end
 
     def byte(self) -> int:
-        if self.pos >= len(self.data):
+        pos = self.pos
+        if pos >= self.end:
             return 0
-        self.pos += 1
-        return self.data[self.pos - 1]
+        self.pos = pos + 1
+        return self.data[pos]
 
     def u16(self) -> int:
+        """Big-endian; a missing byte reads as zero."""
+        pos = self.pos
+        if pos + 2 <= self.end:
+            self.pos = pos + 2
+            return self.data[pos] << 8 | self.data[pos + 1]
         return (self.byte() << 8) | self.byte()
 
     def take(self, n: int) -> bytes:

@@ -17,26 +17,58 @@ management key, VERIFY the right PIN, SELECT the application).  Checked:
 Each input starts from the same fresh card (a copy of a card made once per
 process), so a finding replays.  Key generation returns keys made once per
 algorithm (generating RSA-4096 keys is not what is being fuzzed), and the PIN
-hash cost is lowered as in the card tests.
+hash cost is lowered as in the card tests.  The store is `MemoryStore`: the
+same JSON document as on disk, without the file system and the indented
+layout (the two made up most of a PIN verification's cost); warnings the cards
+log on every construction are not formatted.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
+import json
+import logging
 from pathlib import Path
+
+from ccidgadget.cards.storage import FORMAT_NAME, FORMAT_VERSION, CardStore, StorageError
 
 from .harness import Finding, Input, LogCapture, Target, Writer, register
 
 VALID_SW1 = set(range(0x61, 0x70)) | {0x90}
+REOPEN = 13                                         # the op byte that reopens the card from its store
 PIV_AID = bytes.fromhex("A000000308000010000100")
 DEFAULT_MGMT = bytes.fromhex("010203040506070801020304050607080102030405060708")
 
 
-def _scratch_dir(prefix: str) -> Path:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+class MemoryStore(CardStore):
+    """A card store that keeps the state document (JSON, with the format header) in `raw`.
+
+    Cards save and load through it exactly as through a `CardStore`, so "the
+    store holds the card's state" and "a card reopened from the store works"
+    still go through the JSON round trip.  Left out: the file system (atomic
+    replace, fsync, permissions: no APDU reaches them) and the indented layout
+    (``indent`` makes `json.dumps` fall back to its pure-Python encoder).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(Path("/nonexistent/ccidgadget-fuzz") / name)
+        self.raw: bytes | None = None
+
+    def exists(self) -> bool:
+        return self.raw is not None
+
+    def save(self, state: dict) -> None:
+        document = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+        document.update({k: v for k, v in state.items() if k not in ("format", "version")})
+        try:
+            self.raw = json.dumps(document, sort_keys=True).encode("utf-8")
+        except (TypeError, ValueError) as e:   # as CardStore.save: a bug in the card's serialiser
+            raise StorageError(f"card state is not serialisable: {e}") from e
+
+    def load(self) -> dict:
+        if self.raw is None:
+            raise StorageError(f"no card state in {self.directory}")
+        return json.loads(self.raw)
 
 
 def _cheap_cards() -> None:
@@ -44,6 +76,8 @@ def _cheap_cards() -> None:
     from ccidgadget.cards import keys, pin
 
     pin.SCRYPT_N = 2 ** 4
+    # "uses the default management key", "default PIN": logged at every construction, never checked.
+    logging.getLogger("ccidgadget.cards").setLevel(logging.ERROR)
     if getattr(keys.CardKey, "_fuzz_cached", False):
         return
     original = keys.CardKey.generate.__func__
@@ -103,6 +137,11 @@ class CardDriver:
         return resp
 
     def program(self, card, data: bytes):
+        """Op bytes: low nibble 0-9 an APDU (length byte, two with bit 7), 12 reset, 10-15 `special`.
+
+        Reopening the card from its store (13) builds a whole card, by far the
+        costliest move: it takes the byte 0D itself, and the other xD bytes reset.
+        """
         inp = Input(data)
         steps = 0
         while inp.more() and steps < 64:
@@ -114,7 +153,7 @@ class CardDriver:
                 if op & 0x80:
                     n = (n << 8) | inp.byte()
                 self.apdu(card, inp.take(n))
-            elif kind == 12:
+            elif kind == 12 or (kind == REOPEN and op != REOPEN):
                 card.reset()
             else:
                 card = self.special(card, kind, inp)
@@ -144,13 +183,30 @@ def cmdop(head: str, data: bytes, le: bool = False) -> bytes:
 
 # -- ISO ---------------------------------------------------------------------------------
 class IsoDriver(CardDriver):
-    def __init__(self) -> None:
-        self.capture = LogCapture("ccidgadget.cards.applet", "emulated card failed")
+    """The ISO card is built once (its 4 KiB EF is made byte by byte); each input gets it back pristine.
 
-    def __call__(self, data: bytes) -> None:
+    Its only persistent state is the content of its EFs: every EF is restored
+    from a snapshot, and `reset()` clears what a power cycle clears (selection,
+    chaining, pending response), with the current EF of both file systems.
+    """
+
+    def __init__(self) -> None:
         from ccidgadget.cards.iso import IsoCard
 
-        card = IsoCard(serial="F0E1D2C3B4A59687")
+        self.capture = LogCapture("ccidgadget.cards.applet", "emulated card failed")
+        self.card = IsoCard(serial="F0E1D2C3B4A59687")
+        self.file_systems = (self.card.mf, self.card.applet.files)
+        self.pristine = [{fid: bytes(content) for fid, content in fs.files.items()} for fs in self.file_systems]
+
+    def __call__(self, data: bytes) -> None:
+        card = self.card
+        for fs, pristine in zip(self.file_systems, self.pristine):
+            if fs.files.keys() != pristine.keys():
+                raise Finding(f"the ISO card's files changed: {sorted(fs.files)}")
+            for fid, content in fs.files.items():
+                if content != pristine[fid]:
+                    content[:] = pristine[fid]
+            fs.current = None
         card.reset()
         self.program(card, data)
 
@@ -188,12 +244,10 @@ class PivDriver(CardDriver):
         from ccidgadget.cards.piv import objects
         from ccidgadget.cards.piv.constants import ORIGIN, PIN_POLICY, SLOT, TOUCH_POLICY, certificate_object_for
         from ccidgadget.cards.piv.state import SlotKey
-        from ccidgadget.cards.storage import CardStore
 
         _cheap_cards()
         self.capture = LogCapture("ccidgadget.cards.applet", "emulated card failed")
-        self.directory = _scratch_dir("ccidgadget-fuzz-piv-")
-        self.store = CardStore(self.directory / "card")
+        self.store = MemoryStore("piv")
         card = PivCard.create(self.store, serial=12345678)
         # Keys in the four main slots (one per algorithm family) and a certificate, so that
         # signing, decryption and key agreement are reachable without a valid GENERATE first.
@@ -208,19 +262,19 @@ class PivDriver(CardDriver):
             cert.public_bytes(Encoding.DER))
         self.store.save(card.state.to_dict())
         self.pristine = card.state
-        self.pristine_bytes = self.store.path.read_bytes()
+        self.pristine_dict = card.state.to_dict()
+        self.pristine_raw = self.store.raw
         self.PivCard = PivCard
 
     def __call__(self, data: bytes) -> None:
-        self.store.path.write_bytes(self.pristine_bytes)
+        self.store.raw = self.pristine_raw
         card = self.PivCard(self.store, self.pristine.clone())
         card.reset()
         card = self.program(card, data)
         self.check_store(card)
 
     def check_store(self, card) -> None:
-        raw = self.store.path.read_bytes()
-        if raw == self.pristine_bytes and card.state.to_dict() == self.pristine.to_dict():
+        if self.store.raw == self.pristine_raw and card.state.to_dict() == self.pristine_dict:
             return
         stored = {k: v for k, v in self.store.load().items() if k not in ("format", "version")}
         if stored != card.state.to_dict():
@@ -328,7 +382,6 @@ class CacDriver(CardDriver):
         from ccidgadget.cards.cac.material import CacCredential
         from ccidgadget.cards.keys import CardKey
         from ccidgadget.cards.pin import PinSlot
-        from ccidgadget.cards.storage import CardStore
 
         _cheap_cards()
         self.capture = LogCapture("ccidgadget.cards.applet", "emulated card failed")
@@ -344,25 +397,26 @@ class CacDriver(CardDriver):
         self.creds = creds
         self.pin = PinSlot.new(b"12345678", max_tries=3)
         self.card_id = bytes(range(1, 15))            # CARD_ID_LEN
-        self.directory = _scratch_dir("ccidgadget-fuzz-cac-")
-        self.store = CardStore(self.directory / "card")
+        self.store = MemoryStore("cac")
         self.CacCard = CacCard
-        self.new_card().save()
-        self.pristine_bytes = self.store.path.read_bytes()
-
-    def new_card(self):
-        return self.CacCard(self.creds, self.pin.copy(), card_id=self.card_id, store=self.store)
+        # Built once (its applets take a millisecond): its only persistent state is the PIN
+        # slot, given back fresh to each input; `reset()` clears the rest (VERIFY status,
+        # selection, chaining, SIGN buffers) as a power cycle does.
+        self.card = CacCard(self.creds, self.pin.copy(), card_id=self.card_id, store=self.store)
+        self.card.save()
+        self.pristine_raw = self.store.raw
 
     def __call__(self, data: bytes) -> None:
-        self.store.path.write_bytes(self.pristine_bytes)
-        card = self.new_card()
+        self.store.raw = self.pristine_raw
+        card = self.card
+        card.pin = self.pin.copy()
         card.reset()
         card = self.program(card, data)
-        if self.store.path.read_bytes() != self.pristine_bytes:
+        if self.store.raw != self.pristine_raw:
             stored = {k: v for k, v in self.store.load().items() if k not in ("format", "version")}
             if stored != card.to_state():
                 raise Finding("the stored CAC state differs from the card's state in memory")
-            again = self.CacCard.from_state(self.store.directory)
+            again = self.CacCard.from_state(self.store)
             again.reset()
             resp = again.process_apdu(b"\x00\xA4\x04\x00\x07" + self.pki_aid(0))
             self.capture.check("reopened CAC card")
@@ -378,7 +432,7 @@ class CacDriver(CardDriver):
         if kind == 11:
             self.apdu(card, b"\x00\x20\x00\x00\x08" + b"12345678")
         elif kind == 13:
-            card = self.CacCard.from_state(self.store.directory)
+            card = self.CacCard.from_state(self.store)
             card.reset()
         elif kind == 14:
             self.apdu(card, b"\x00\xA4\x04\x00\x07" + self.pki_aid(inp.byte() % 3))

@@ -27,7 +27,6 @@ Checked after every step, against a framing model written here from CCID rev
 
 from __future__ import annotations
 
-import collections
 import struct
 from pathlib import Path
 
@@ -52,6 +51,8 @@ SLOTS = 2
 CONFIG = ReaderConfig(slots=SLOTS, max_message_length=300, max_command_apdu_length=700,
                       max_response_apdu_length=1000)
 MAX_PAYLOAD = CONFIG.max_payload
+MAX_MESSAGE, MAX_COMMAND, MAX_RESPONSE = (CONFIG.max_message_length, CONFIG.max_command_apdu_length,
+                                          CONFIG.max_response_apdu_length)
 
 
 def make_atr(hist: bytes = b"ccidgdgt") -> bytes:
@@ -69,6 +70,11 @@ def header(message_type: int, slot: int, seq: int, data: bytes = b"", specific: 
            length: int | None = None) -> bytes:
     return struct.pack("<BIBB", message_type, len(data) if length is None else length, slot, seq) \
         + specific + data
+
+
+def response(message_type: int, slot: int, seq: int, status: int, error: int, b9: int, data: bytes = b"") -> bytes:
+    """An RDR_to_PC message (§6.2): the header with bStatus, bError and byte 9, then abData."""
+    return struct.pack("<BIBBBBB", message_type, len(data), slot, seq, status, error, b9) + data
 
 
 class Model:
@@ -131,30 +137,34 @@ class Harness:
     def __init__(self) -> None:
         self.reader = Reader(CONFIG)
         self.model = Model()
-        self.owed: collections.Counter = collections.Counter()   # (slot, seq, response type) -> count
-        self.xfr_pending: collections.Counter = collections.Counter()
-        self.requests: dict[int, PowerOn | Transmit] = {}          # token -> engine request
+        self.owed: dict[tuple[int, int, int], int] = {}       # (slot, seq, response type) -> count
+        self.requests: dict[int, PowerOn | Transmit] = {}      # token -> engine request
         self.cancelled: list[int] = []
 
     # -- the host -------------------------------------------------------------------
     def bulk(self, data: bytes, end: bool) -> list[tuple[int, int, int, int, int, bytes]]:
         framed = self.model.feed(data, end)
+        owed = self.owed
         for _, (mtype, _, slot, seq), _, _ in framed:
-            self.owed[(slot, seq, RESPONSE.get(mtype, 0x81))] += 1
+            key = (slot, seq, RESPONSE.get(mtype, 0x81))
+            owed[key] = owed.get(key, 0) + 1
         self.reader.receive_bulk_out(data, transfer_end=end)
         answers = self.drain()
-        pool = list(answers)
+        pool = None
         for kind, hdr, specific, _ in framed:
             errors = immediate_errors(kind, hdr, specific)
             if errors is None:
                 continue
+            if pool is None:
+                pool = list(answers)
             rtype = RESPONSE.get(hdr[0], 0x81)
-            match = next((a for a in pool if (a[0], a[1], a[2]) == (rtype, hdr[2], hdr[3])
-                          and a[3] >> 6 == 1 and a[4] in errors), None)
-            if match is None:
+            for i, a in enumerate(pool):
+                if a[0] == rtype and a[1] == hdr[2] and a[2] == hdr[3] and a[3] >> 6 == 1 and a[4] in errors:
+                    del pool[i]
+                    break
+            else:
                 raise Finding(f"{kind} message {hdr} {specific.hex()} not answered at once with bError in "
                               f"{sorted(errors)}; answers: {answers}")
-            pool.remove(match)
         return answers
 
     def control(self, request_type: int, request: int, value: int, length: int) -> bytes | None:
@@ -167,21 +177,26 @@ class Harness:
     # -- what comes back ----------------------------------------------------------------
     def drain(self) -> list[tuple[int, int, int, int, int, bytes]]:
         answers = []
-        for event in self.reader.next_events():
-            if isinstance(event, BulkIn):
+        requests = self.requests
+        events = self.reader.next_events()
+        for event in events:
+            kind = event.__class__
+            if kind is BulkIn:
                 answers.append(self.answer(event.data))
-            elif isinstance(event, (PowerOn, Transmit)):
-                if event.token in self.requests or event.slot not in self.reader.busy_slots():
+            elif kind is PowerOn or kind is Transmit:
+                # (busy now, unless a later message of the same transfer cancelled it: Abort)
+                if event.token in requests or (event.slot not in self.reader.busy_slots()
+                                               and Cancel(event.slot, event.token) not in events):
                     raise Finding(f"engine request {event} for a slot that is not busy with it")
-                if isinstance(event, Transmit) and not 4 <= len(event.apdu) <= CONFIG.max_command_apdu_length:
+                if kind is Transmit and not 4 <= len(event.apdu) <= CONFIG.max_command_apdu_length:
                     raise Finding(f"Transmit of {len(event.apdu)} bytes")
-                self.requests[event.token] = event
-            elif isinstance(event, Cancel):
-                if self.requests.pop(event.token, None) is None:
+                requests[event.token] = event
+            elif kind is Cancel:
+                if requests.pop(event.token, None) is None:
                     raise Finding(f"Cancel of unknown token {event}")
                 self.cancelled.append(event.token)
-                self.cancelled[:] = self.cancelled[-8:]
-            elif not isinstance(event, (PowerOff, InterruptPending)):
+                del self.cancelled[:-8]
+            elif kind is not PowerOff and kind is not InterruptPending:
                 raise Finding(f"unknown event {event!r}")
         self.check_bounds()
         return answers
@@ -193,28 +208,32 @@ class Harness:
         if length != len(raw) - 10 or not 0x80 <= mtype <= 0x84:
             raise Finding(f"malformed bulk-IN message {raw.hex()}")
         key = (slot, seq, mtype)
+        owed = self.owed.get(key, 0)
         if status >> 6 == 2:                       # time extension (§6.2.6): the command stays owed
-            if mtype != 0x80 or self.owed[key] == 0 or slot not in self.reader.busy_slots():
+            if mtype != 0x80 or owed == 0 or slot not in self.reader.busy_slots():
                 raise Finding(f"time extension {raw.hex()} for no pending XfrBlock")
         else:
-            if self.owed[key] == 0:
-                raise Finding(f"answer {raw.hex()} to no command (owed: {+self.owed})")
-            self.owed[key] -= 1
+            if owed == 0:
+                raise Finding(f"answer {raw.hex()} to no command (owed: {self.owed})")
+            self.owed[key] = owed - 1
         return mtype, slot, seq, status, error, raw[10:]
 
     def check_bounds(self) -> None:
         r = self.reader
-        if len(r._rx) >= CONFIG.max_message_length:
+        if len(r._rx) >= MAX_MESSAGE:
             raise Finding(f"{len(r._rx)} bulk-OUT bytes buffered, more than one message")
         for s in r._slots:
-            if len(s.command) > CONFIG.max_command_apdu_length or len(s.response) > CONFIG.max_response_apdu_length:
+            if len(s.command) > MAX_COMMAND or len(s.response) > MAX_RESPONSE:
                 raise Finding(f"slot {s.index} buffers {len(s.command)}/{len(s.response)} chained bytes")
         if len(r._hardware_errors) > 16 or len(r._pending) > SLOTS:
             raise Finding("queues past their limits")
         busy = r.busy_slots()
-        mine = {e.slot for e in self.requests.values()}
-        if busy != mine:
-            raise Finding(f"busy slots {busy} but outstanding engine requests for {mine}")
+        requests = self.requests
+        if len(busy) != len(requests):
+            raise Finding(f"busy slots {busy} but outstanding engine requests {requests}")
+        for request in requests.values():
+            if request.slot not in busy:
+                raise Finding(f"busy slots {busy} but outstanding engine requests {requests}")
 
     # -- the engine -------------------------------------------------------------------------
     def pick(self, index: int) -> int | None:
@@ -233,54 +252,74 @@ class Harness:
 
     # -- the final check: nothing wedged ----------------------------------------------------
     def one(self, answers, mtype: int, slot: int, seq: int):
-        mine = [a for a in answers if (a[0], a[1], a[2]) == (mtype, slot, seq)]
+        mine = [a for a in answers if a[0] == mtype and a[1] == slot and a[2] == seq]
         if len(mine) != 1:
             raise Finding(f"expected one answer {mtype:02X} slot {slot} seq {seq}, got {answers}")
         return mine[0]
 
+    def exactly(self, what: str, want: list) -> None:
+        """The events since the last drain are exactly `want` (a check with no model in between)."""
+        got = self.reader.next_events()
+        if got != want:
+            raise Finding(f"{what}: expected {want}, got {got}")
+
+    def new_requests(self, what: str, kind: type) -> list:
+        """The events since the last drain are one new `kind` request per slot, in slot order."""
+        got = self.reader.next_events()
+        if [(e.__class__, getattr(e, "slot", None)) for e in got] != [(kind, slot) for slot in range(SLOTS)] \
+                or len({e.token for e in got} | set(self.requests)) != SLOTS + len(self.requests):
+            raise Finding(f"{what}: expected one new {kind.__name__} per slot, got {got}")
+        return got
+
     def check_not_wedged(self) -> None:
+        """After a transfer end, every slot answers, and works again once engine and host did their part.
+
+        The host sends the same message to every slot in one transfer (a host may
+        queue several bulk-OUT messages, §6.1).  The messages of this check are
+        well-formed, so what comes back is known to the byte (§6.2.1, §6.2.2) and
+        compared whole; only the engine's late answers go through `drain`.
+        """
         r = self.reader
+        slots = range(SLOTS)
         self.bulk(b"", True)
-        for slot in range(SLOTS):
-            state = r.slot_state(slot)
-            a = self.one(self.bulk(header(0x65, slot, 0xA0 + slot), True), 0x81, slot, 0xA0 + slot)
-            want = (1, ABORTED) if state.aborting else (1, BUSY) if state.busy else (0, 0)
-            if (a[3] >> 6, a[4]) != want or (want == (0, 0) and a[3] & 3 != int(state.icc_status)):
-                raise Finding(f"GetSlotStatus on slot {slot} ({state}) answered {a}")
-        # The engine pays what it owes, the host completes any abort.
+        # GetSlotStatus (§6.1.3): bStatus, bError and bClockStatus from the slot's state.
+        want = []
+        states = [r.slot_state(slot) for slot in slots]
+        for slot, state in zip(slots, states):
+            failed, error = (1, ABORTED) if state.aborting else (1, BUSY) if state.busy else (0, 0)
+            icc = int(state.icc_status)
+            clock = 0 if icc == 0 else 1                  # stopped in state L unless active (ISO 7816-3 §6.4)
+            want.append(BulkIn(response(0x81, slot, 0xA0 + slot, failed << 6 | icc, error, clock)))
+        r.receive_bulk_out(b"".join(header(0x65, slot, 0xA0 + slot) for slot in slots), transfer_end=True)
+        self.exactly("GetSlotStatus on every slot", want)
+        # The engine pays what it owes (answers checked against what the host is owed), the host
+        # completes any abort, a card goes in.
         for token, request in sorted(self.requests.items()):
             self.reply(token, ATR if isinstance(request, PowerOn) else b"\x90\x00")
-        for slot in range(SLOTS):
-            if r.slot_state(slot).aborting:
+        for slot, state in zip(slots, states):
+            if state.aborting:                            # (answers from the engine do not end an abort)
                 if self.control(0x21, 0x01, slot | 0x7E << 8, 0) != b"":
                     raise Finding("ep0 ABORT refused")
                 self.one(self.bulk(header(0x72, slot, 0x7E), True), 0x81, slot, 0x7E)
             r.set_card_present(slot, True)
-            self.drain()
-            for request in list(self.requests.values()):
-                raise Finding(f"engine request {request} left after answering everything")
-            if self.bulk(header(0x62, slot, 0x31), True):
-                raise Finding("IccPowerOn answered before the card")
-            (token, request), = self.requests.items()
-            if not isinstance(request, PowerOn) or request.slot != slot:
-                raise Finding(f"IccPowerOn made {request}")
-            self.reply(token, ATR)
-            # (the answer was checked by `drain`; its content now)
-        for slot in range(SLOTS):
-            a = self.one(self.bulk(header(0x65, slot, 0x32), True), 0x81, slot, 0x32)
-            if a[3:5] != (0, 0):
-                raise Finding(f"slot {slot} not active after IccPowerOn: {a}")
-            apdu = bytes.fromhex("00A4040000")
-            if self.bulk(header(0x6F, slot, 0x33, apdu), True):
-                raise Finding("XfrBlock answered before the card")
-            (token, request), = self.requests.items()
-            if not isinstance(request, Transmit) or request.apdu != apdu:
-                raise Finding(f"XfrBlock made {request}")
-            self.requests.pop(token)
-            r.card_answer(token, b"\x90\x00")
-            a = self.one(self.drain(), 0x80, slot, 0x33)
-            if a[3:] != (0, 0, b"\x90\x00"):
-                raise Finding(f"XfrBlock answer {a}")
+        self.drain()
+        for request in self.requests.values():
+            raise Finding(f"engine request {request} left after answering everything")
+        # IccPowerOn (§6.1.1): one PowerOn per slot, answered with the ATR in a DataBlock.
+        r.receive_bulk_out(b"".join(header(0x62, slot, 0x31) for slot in slots), transfer_end=True)
+        for event in self.new_requests("IccPowerOn on every slot", PowerOn):
+            r.card_answer(event.token, ATR)
+            self.exactly(f"ATR on slot {event.slot}", [BulkIn(response(0x80, event.slot, 0x31, 0, 0, 0, ATR))])
+        # XfrBlock (§6.1.4): the APDU reaches the card, its answer the host.
+        apdu = bytes.fromhex("00A4040000")
+        r.receive_bulk_out(b"".join(header(0x6F, slot, 0x33, apdu) for slot in slots), transfer_end=True)
+        for event in self.new_requests("XfrBlock on every slot", Transmit):
+            if event.apdu != apdu:
+                raise Finding(f"XfrBlock made {event}")
+            r.card_answer(event.token, b"\x90\x00")
+            self.exactly(f"XfrBlock answer on slot {event.slot}",
+                         [BulkIn(response(0x80, event.slot, 0x33, 0, 0, 0, b"\x90\x00"))])
+        self.check_bounds()
 
 
 def run(data: bytes) -> None:

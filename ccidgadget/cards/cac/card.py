@@ -145,9 +145,9 @@ class CacCard(AppletCard):
         return card
 
     @classmethod
-    def from_state(cls, state_dir: Path, *, inserted: bool = True) -> "CacCard":
-        """Rebuild the card from its state directory alone (no NSS database needed)."""
-        store = CardStore(Path(state_dir))
+    def from_state(cls, state_dir: Path | CardStore, *, inserted: bool = True) -> "CacCard":
+        """Rebuild the card from its state directory (or store) alone (no NSS database needed)."""
+        store = state_dir if isinstance(state_dir, CardStore) else CardStore(Path(state_dir))
         state = store.load()
         if state.get("type") != STATE_TYPE:
             raise StorageError(f"{store.directory} holds a {state.get('type')!r} card, not a CAC card")
