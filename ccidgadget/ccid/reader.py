@@ -549,12 +549,14 @@ class Reader:
 
     def _abort_message(self, slot: Slot, header: Header, data: bytes) -> None:
         self._stop_for_abort(slot)
+        if slot.abort_message_seq is not None and slot.abort_message_seq != header.seq:
+            # The earlier PC_to_RDR_Abort is replaced: it is answered, never dropped.
+            self._fail(MT.RDR_to_PC_SlotStatus, slot.index, slot.abort_message_seq, slot,
+                       SlotError.CMD_ABORTED)
+            slot.abort_message_seq = None
         if slot.abort_request_seq == header.seq:
             self._finish_abort(slot, header.seq)
             return
-        if slot.abort_message_seq is not None:
-            self._fail(MT.RDR_to_PC_SlotStatus, slot.index, slot.abort_message_seq, slot,
-                       SlotError.CMD_ABORTED)
         slot.abort_message_seq = header.seq
 
     def _stop_for_abort(self, slot: Slot) -> None:

@@ -112,6 +112,17 @@ def test_second_abort_message_replaces_first(active):
     assert (resp.seq, resp.error) == (2, 0)
 
 
+def test_replaced_abort_message_is_answered_when_the_new_pair_completes(active):
+    """Abort 5 alone, then the ep0 request and the message of Abort 6: Abort 5 gets CMD_ABORTED, 6 its answer."""
+    assert active.send(cmd(ABORT, seq=5)) == []
+    abort_request(active, 0, 6)
+    assert active.drain() == []
+    older, resp = active.send(cmd(ABORT, seq=6))
+    assert (older.message_type, older.seq, older.error) == (SLOT_STATUS, 5, CMD_ABORTED)
+    assert (resp.message_type, resp.seq, resp.error) == (SLOT_STATUS, 6, 0)
+    assert not active.reader.slot_state(0).aborting
+
+
 def test_abort_is_per_slot():
     host = Host(slots=2)
     host.insert(0)
