@@ -26,7 +26,7 @@ Fixtures:
                      so the host can show them).
 
 If the environment is not usable the tests are skipped with the reason, or fail
-when ``CI=true`` and they were started by the test bed (``CCIDGADGET_VM=1`` or
+in CI (``CI`` truthy: tests/ci.py) and they were started by the test bed (``CCIDGADGET_VM=1`` or
 ``CCIDGADGET_E2E=1``; ``CCIDGADGET_E2E_STRICT=1`` forces failing). A plain host
 ``pytest`` run in CI therefore skips them instead of failing: they are meant to
 run through ``tests/test_vm.py``.
@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
+
+from tests.ci import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGFS = Path("/sys/kernel/config")
@@ -78,7 +80,7 @@ def _strict() -> bool:
     if os.environ.get("CCIDGADGET_E2E_STRICT") == "1":
         return True
     in_testbed = os.environ.get("CCIDGADGET_VM") == "1" or os.environ.get("CCIDGADGET_E2E") == "1"
-    return os.environ.get("CI") == "true" and in_testbed
+    return in_ci() and in_testbed
 
 
 @pytest.fixture(scope="session", autouse=True)

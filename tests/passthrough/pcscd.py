@@ -9,7 +9,6 @@ missing, not allowed to run).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import time
@@ -80,6 +79,3 @@ def pcscd_with_vpcd(log_path: Path):
                 proc.wait()
         log.close()
 
-
-def ci() -> bool:
-    return os.environ.get("CI") == "true"
