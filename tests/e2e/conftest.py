@@ -307,7 +307,12 @@ def pcscd(log_dir):
 
 
 def list_readers(include_virtual: bool = False) -> list:
-    """pyscard readers, without vsmartcard's "Virtual PCD" ones. [] if pcscd is unreachable."""
+    """pyscard readers, without vsmartcard's "Virtual PCD" ones.
+
+    [] means pcscd answered that it has no reader (pyscard maps SCARD_E_NO_READERS_AVAILABLE to []);
+    a pcscd that does not answer or fails is an AssertionError, never "no readers" (which a test
+    asserting that a reader is gone would take for success).
+    """
     try:
         from smartcard.System import readers  # lazy: only the e2e tests need pyscard
     except ImportError as e:
@@ -315,8 +320,8 @@ def list_readers(include_virtual: bool = False) -> list:
                              "use the project venv (.venv/bin/pip install pyscard)") from None
     try:
         rs = readers()
-    except Exception:  # pcscd not (yet) answering, no readers, ...
-        return []
+    except Exception as e:       # pyscard's two hierarchies: EstablishContextException, CardServiceNotFound...
+        raise AssertionError(f"pcscd failed to list its readers: {type(e).__name__}: {e}") from None
     return [r for r in rs if include_virtual or VIRTUAL_PCD not in str(r)]
 
 

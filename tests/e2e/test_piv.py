@@ -445,25 +445,8 @@ def test_reset_after_pin_and_puk_are_blocked(card):
 
 
 def _card_cli(card, *args: str) -> str:
-    """``ccidgadget card ARGS`` -- through the argparse hook in-process while the CLI entry point lacks
-    ``provision.main_card`` (cli.py imports a name provision.py does not define)."""
-    p = card.run([sys.executable, "-m", "ccidgadget", "card", *args], check=False, cwd=REPO)
-    if "cannot import name 'main_card'" not in p.stdout:
-        assert p.returncode == 0, p.stdout
-        return p.stdout
-    import argparse
-    import contextlib
-    import io
-
-    from ccidgadget.cards import provision
-    parser = argparse.ArgumentParser(prog="ccidgadget")
-    provision.add_card_subcommands(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(["card", *args])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        rc = ns.func(ns)
-    assert rc == 0, out.getvalue()
-    return out.getvalue()
+    """``ccidgadget card ARGS``, the command a person runs; it must succeed."""
+    return card.run([sys.executable, "-m", "ccidgadget", "card", *args], cwd=REPO).stdout
 
 
 def test_offline_provisioning_then_use_over_usb(card):
