@@ -23,7 +23,10 @@ run in file order, each building on the card the previous ones left:
 8. the state after a daemon restart;
 9. yubico-piv-tool reset (after PIN and PUK are blocked);
 10. offline provisioning (`ccidgadget card generate`, `change-pin`) of the stopped daemon's card,
-    then the keys are used through USB.
+    then the keys are used through USB;
+11. Yubico's ykman (yubikey-manager from PyPI, the ``test`` extra) with ``--reader``: info, PIN / PUK
+    / management key changes, key generation with PIN and touch policies, a self-signed certificate,
+    attestation, reset.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from pathlib import Path
 
 import pytest
 
-from piv_helpers import PKCS11_MODULE, REPO, PivStack
+from piv_helpers import DEFAULT_MGM_KEY, DEFAULT_PIN, DEFAULT_PUK, PKCS11_MODULE, REPO, PivStack
+
+from tests.ci import skip_or_fail
 
 NEW_MGM_KEY = "8f1e2d3c4b5a69788f1e2d3c4b5a69788f1e2d3c4b5a6978"
 NEW_PIN = "13572468"
@@ -469,3 +474,69 @@ def test_offline_provisioning_then_use_over_usb(card):
                                       "sig-offline", "data.txt"]).stdout
     card.piv("-a", "attest", "-s", "9c", "-o", "att-offline.crt")             # generated on the card
     card.run(["openssl", "verify", "-CAfile", "f9.crt", "att-offline.crt"])
+
+
+# --------------------------------------------------------------------------- 11. ykman
+
+
+YKMAN = str(Path(sys.executable).with_name("ykman"))     # the venv's yubikey-manager (the test extra)
+YKMAN_MGM_KEY = "00112233445566778899aabbccddeeff" * 2   # AES-256
+
+
+def ykman(card, *args: str, check: bool = True):
+    """ykman on our reader. Our reader's name has no "Yubico YubiKey" in it: ykman then treats it
+    as an external (NFC-like) reader, reads what it can without the YubiKey management application
+    (the PIV application's own version, serial and metadata), and drives the PIV application."""
+    return card.run([YKMAN, "--reader", "ccidgadget", *args], check=check, env={"HOME": str(card.work)})
+
+
+def test_ykman_manages_the_piv_card(card):
+    if not Path(YKMAN).exists():
+        skip_or_fail(f"{YKMAN} missing: install the test extra (yubikey-manager)")
+    out = ykman(card, "info").stdout
+    assert re.search(r"^PIV\s.*Enabled", out, re.M), out
+    out = ykman(card, "piv", "info").stdout
+    assert "PIV version:              5.7.1" in out and "Subject DN:       CN=offline 9c" in out, out
+    assert "WARNING: Using default Management key!" in out, out
+    # PIN, PUK and management key (to AES-256)
+    assert "New PIN set." in ykman(card, "piv", "access", "change-pin", "-P", card.pin, "-n", "97531864").stdout
+    card.pin = "97531864"
+    assert "New PUK set." in ykman(card, "piv", "access", "change-puk", "-p", card.puk, "-n", "75319864").stdout
+    card.puk = "75319864"
+    out = ykman(card, "piv", "access", "change-management-key", "-m", card.mgm_key, "-n", YKMAN_MGM_KEY,
+                "-a", "AES256").stdout
+    assert "New management key set." in out, out
+    p = ykman(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "ECCP256", "9a", "-", check=False)
+    assert p.returncode != 0, p.stdout                                   # the old key no longer works
+    card.mgm_key = YKMAN_MGM_KEY
+    out = ykman(card, "piv", "info").stdout
+    assert "Management key algorithm: AES256" in out and "default" not in out.lower(), out
+    # keys with policies, a self-signed certificate made by the card's key, attestation
+    ykman(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "ECCP256", "--pin-policy", "ONCE",
+          "--touch-policy", "NEVER", "9a", "yk-9a.pub")
+    out = ykman(card, "piv", "certificates", "generate", "-m", card.mgm_key, "-P", card.pin, "-s", "CN=ykman 9a",
+                "-d", "30", "9a", "yk-9a.pub").stdout
+    assert "Certificate generated in slot" in out, out
+    ykman(card, "piv", "certificates", "export", "9a", "yk-9a.crt")
+    card.run(["openssl", "verify", "-check_ss_sig", "-CAfile", "yk-9a.crt", "yk-9a.crt"])
+    card.file("yk-9a-cert.pub").write_text(_pubkey_of_cert(card, "yk-9a.crt"))
+    assert _same_pubkey(card, "yk-9a-cert.pub", "yk-9a.pub")
+    out = ykman(card, "piv", "keys", "info", "9a").stdout
+    assert re.search(r"PIN required for use:\s+ONCE", out) and re.search(r"Touch required for use:\s+NEVER", out), out
+    ykman(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "RSA2048", "--pin-policy", "ALWAYS",
+          "--touch-policy", "ALWAYS", "9d", "yk-9d.pub")
+    out = ykman(card, "piv", "keys", "info", "9d").stdout
+    assert re.search(r"Algorithm:\s+RSA2048", out) and re.search(r"PIN required for use:\s+ALWAYS", out), out
+    assert re.search(r"Touch required for use:\s+ALWAYS", out) and re.search(r"Origin:\s+GENERATED", out), out
+    ykman(card, "piv", "keys", "attest", "9d", "yk-att-9d.crt")
+    card.run(["openssl", "verify", "-CAfile", "f9.crt", "yk-att-9d.crt"])
+    card.file("yk-att-9d.pub").write_text(_pubkey_of_cert(card, "yk-att-9d.crt"))
+    assert _same_pubkey(card, "yk-att-9d.pub", "yk-9d.pub")
+    # reset: ykman blocks the PIN and the PUK itself, then resets; everything is back to the defaults
+    out = ykman(card, "piv", "reset", "--force").stdout
+    assert "Reset complete" in out, out
+    card.pin, card.puk, card.mgm_key = DEFAULT_PIN, DEFAULT_PUK, DEFAULT_MGM_KEY
+    out = ykman(card, "piv", "info").stdout
+    assert "Management key algorithm: TDES" in out and "Slot 9" not in out, out
+    assert "PIN tries remaining:      3/3" in out and "WARNING: Using default PIN!" in out, out
+    assert "Successfully verified PIN." in card.piv("-a", "verify-pin", "-P", DEFAULT_PIN).stdout
