@@ -220,9 +220,10 @@ def remove_gadget(name: str) -> None:
 class PcscdProcess:
     """``pcscd -f`` under our control. pcscd sees USB readers present when it starts."""
 
-    def __init__(self, log_path: Path, args: Sequence[str] = ()):
+    def __init__(self, log_path: Path, args: Sequence[str] = (), env: dict | None = None):
         self.log_path = log_path
         self.args = list(args)
+        self.env = env                  # added to this process's environment (e.g. LIBCCID_ifdLogLevel)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> "PcscdProcess":
@@ -237,7 +238,8 @@ class PcscdProcess:
             log.write(f"--- pcscd -f {' '.join(self.args)} at {time.strftime('%T')}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(["pcscd", "-f", *self.args], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env=None if self.env is None else {**os.environ, **self.env})
         try:
             wait_until(lambda: self.proc.poll() is not None or _socket_alive(PCSCD_SOCKET),
                        timeout, what="pcscd socket")
