@@ -355,8 +355,10 @@ def test_failed_reenumeration_restores_the_previous_configuration(tmp_path, daem
     assert "went back to the previous configuration" in p.stderr, p.stderr
     number = serves_the_old_configuration(number)
 
-    # 2. the kernel refuses the new gadget half-way: cdc_ncm's dev_addr must be a MAC address (EINVAL)
-    write_config(conf, slots=old["slots"], functions=[("acm", "0", {}), ("ncm", "usb0", {"dev_addr": "not-a-mac"})])
+    # 2. the kernel refuses the new gadget half-way: u_ether takes no broadcast address as the board's
+    # MAC (dev_addr: EINVAL), after the gadget directory and its functions were made
+    write_config(conf, slots=old["slots"],
+                 functions=[("acm", "0", {}), ("ncm", "usb0", {"dev_addr": "ff:ff:ff:ff:ff:ff"})])
     p = run_cmd([*CCIDGADGET, "reload", "--config", str(conf)], timeout=180, check=False, cwd=REPO)
     assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
     assert "re-enumeration with the new configuration failed" in p.stderr, p.stderr
