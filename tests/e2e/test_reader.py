@@ -207,8 +207,9 @@ def test_rsa4096_generation_in_one_slot_does_not_stall_the_other(daemon, log_dir
             conn.release()                                   # before pcscd goes, not in __del__
     finally:
         pcscd.stop()
-    print(report.describe())
-    print(f"time extensions libccid logged per generation: {extensions}")
+    figures = f"{report.describe()}\ntime extensions libccid logged per generation: {extensions}\n"
+    print(figures)
+    (log_dir / "slot-stall.txt").write_text(figures)
     report.check()
     log = pcscd.log()
     assert "LIBUSB_ERROR_TIMEOUT" not in log, "the host timed out waiting for the reader"
