@@ -389,7 +389,7 @@ def test_state_survives_a_daemon_restart(card):
     p = card.piv("-a", "verify-pin", "-P", "11111111", check=False)       # one wrong try, kept across the restart
     assert f"{PIN_RETRIES - 1} tries left" in p.stdout, p.stdout
     card.restart_daemon()
-    assert "started" in card.daemon.log() or card.daemon.running
+    assert card.daemon.running, card.daemon.log()
     after = _status(card)
     # "PIN tries left: -1" is yubico-piv-tool for "already verified" (OpenSC leaves the card verified)
     strip = lambda s: re.sub(r"PIN tries left:.*", "", s)  # noqa: E731
