@@ -170,9 +170,11 @@ def test_ccid_acm_ncm_composite_enumerates_and_both_work(tmp_path, daemon, pcscd
     # ncm: the board's interface (usb0-like, the MAC we configured) and the host's cdc_ncm netdev
     board_if = (gadget / "functions" / "ncm.usb0" / "ifname").read_text().strip()
     assert (Path("/sys/class/net") / board_if / "address").read_text().strip() == "02:cc:1d:00:00:01"
-    host_nets = [p.name for p in Path("/sys/class/net").iterdir()
-                 if (p / "device" / "driver").exists() and (p / "device" / "driver").resolve().name == "cdc_ncm"]
-    assert host_nets, list(Path("/sys/class/net").iterdir())
+    # cdc_ncm registers its netdev after the interfaces are bound: wait for it
+    host_nets = e2e.wait_until(lambda: [p.name for p in Path("/sys/class/net").iterdir()
+                                        if (p / "device" / "driver").exists()
+                                        and (p / "device" / "driver").resolve().name == "cdc_ncm"], 30,
+                               what=f"the host's cdc_ncm netdev (have {list(Path('/sys/class/net').iterdir())})")
     assert (Path("/sys/class/net") / host_nets[0] / "address").read_text().strip() == "02:cc:1d:00:00:02"
 
     # acm: bytes both ways between the board's /dev/ttyGS0 and the host's /dev/ttyACM0
