@@ -481,52 +481,74 @@ def test_offline_provisioning_then_use_over_usb(card):
 
 YKMAN = str(Path(sys.executable).with_name("ykman"))     # the venv's yubikey-manager (the test extra)
 YKMAN_MGM_KEY = "00112233445566778899aabbccddeeff" * 2   # AES-256
+YKMAN_READER = "ccidgadget"                              # ykman --reader: a substring of the reader name
 
 
 def ykman(card, *args: str, check: bool = True):
-    """ykman on our reader. Our reader's name has no "Yubico YubiKey" in it: ykman then treats it
-    as an external (NFC-like) reader, reads what it can without the YubiKey management application
-    (the PIV application's own version, serial and metadata), and drives the PIV application."""
-    return card.run([YKMAN, "--reader", "ccidgadget", *args], check=check, env={"HOME": str(card.work)})
+    """ykman on our reader, as a command (the venv's console script).
+
+    Our reader's name has no "Yubico YubiKey" in it: ykman then treats it as an external (NFC-like)
+    reader, reads what it can without the YubiKey management application (the PIV application's
+    own version, serial and metadata), and drives the PIV application."""
+    return card.run([YKMAN, "--reader", YKMAN_READER, *args], check=check, env={"HOME": str(card.work)})
+
+
+def ykman_here(card, *args: str, check: bool = True):
+    """The same ykman command line run by ykman's own click CLI inside this process: under TCG each
+    ykman start-up costs 20-30 s of Python imports, and a dozen of them blew the module's budget.
+    File arguments are relative to ``card.work``, as for ``ykman()``."""
+    import types
+
+    from click.testing import CliRunner
+    from ykman._cli.__main__ import cli
+
+    argv = ["--reader", YKMAN_READER, *(str(card.file(a)) if a.startswith("yk-") else a for a in args)]
+    r = CliRunner(env={"HOME": str(card.work)}).invoke(cli, argv, obj={})
+    if check and r.exit_code != 0:
+        raise AssertionError(f"ykman {' '.join(args)}: exit {r.exit_code}\n{r.output}\n{r.exception!r}")
+    return types.SimpleNamespace(returncode=r.exit_code, stdout=r.output)
 
 
 def test_ykman_manages_the_piv_card(card):
-    """Nine ykman runs (each costs seconds of Python start-up under TCG); the cross-checks use the
-    C tools."""
+    """ykman's command line: ``piv info`` as a separate command, the rest through ykman's CLI in this
+    process (``ykman_here``); the cross-checks use the C tools."""
     if not Path(YKMAN).exists():
         skip_or_fail(f"{YKMAN} missing: install the test extra (yubikey-manager)")
     out = ykman(card, "piv", "info").stdout
     assert "PIV version:              5.7.1" in out and "Subject DN:       CN=offline 9c" in out, out
     assert "WARNING: Using default Management key!" in out, out
     # PIN, PUK and management key (to AES-256)
-    assert "New PIN set." in ykman(card, "piv", "access", "change-pin", "-P", card.pin, "-n", "97531864").stdout
+    out = ykman_here(card, "piv", "access", "change-pin", "-P", card.pin, "-n", "97531864").stdout
+    assert "New PIN set." in out, out
     card.pin = "97531864"
-    assert "New PUK set." in ykman(card, "piv", "access", "change-puk", "-p", card.puk, "-n", "75319864").stdout
+    out = ykman_here(card, "piv", "access", "change-puk", "-p", card.puk, "-n", "75319864").stdout
+    assert "New PUK set." in out, out
     card.puk = "75319864"
-    out = ykman(card, "piv", "access", "change-management-key", "-m", card.mgm_key, "-n", YKMAN_MGM_KEY,
-                "-a", "AES256").stdout
+    out = ykman_here(card, "piv", "access", "change-management-key", "-m", card.mgm_key, "-n", YKMAN_MGM_KEY,
+                     "-a", "AES256").stdout
     assert "New management key set." in out, out
     p = card.piv("-a", "generate", "-s", "9a", "-A", "ECCP256", mgm=True, check=False)      # the old 3DES key
     assert p.returncode != 0 and "Failed authentication with the application." in p.stdout, p.stdout
     card.mgm_key = YKMAN_MGM_KEY
     # a key with PIN policy ONCE, and a certificate for it signed by the card (new PIN, new management key)
-    ykman(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "ECCP256", "--pin-policy", "ONCE",
-          "--touch-policy", "NEVER", "9a", "yk-9a.pub")
-    out = ykman(card, "piv", "certificates", "generate", "-m", card.mgm_key, "-P", card.pin, "-s", "CN=ykman 9a",
-                "-d", "30", "9a", "yk-9a.pub").stdout
+    ykman_here(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "ECCP256", "--pin-policy", "ONCE",
+               "--touch-policy", "NEVER", "9a", "yk-9a.pub")
+    out = ykman_here(card, "piv", "certificates", "generate", "-m", card.mgm_key, "-P", card.pin,
+                     "-s", "CN=ykman 9a", "-d", "30", "9a", "yk-9a.pub").stdout
     assert "Certificate generated in slot" in out, out
     card.piv("-a", "read-certificate", "-s", "9a", "-o", "yk-9a.crt")
     card.run(["openssl", "verify", "-check_ss_sig", "-CAfile", "yk-9a.crt", "yk-9a.crt"])
     card.file("yk-9a-cert.pub").write_text(_pubkey_of_cert(card, "yk-9a.crt"))
     assert _same_pubkey(card, "yk-9a-cert.pub", "yk-9a.pub")
     # PIN and touch policies ALWAYS, as the card's metadata tells ykman (no key use: no one can touch here)
-    ykman(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "RSA2048", "--pin-policy", "ALWAYS",
-          "--touch-policy", "ALWAYS", "9d", "yk-9d.pub")
-    out = ykman(card, "piv", "keys", "info", "9d").stdout
+    ykman_here(card, "piv", "keys", "generate", "-m", card.mgm_key, "-a", "RSA2048", "--pin-policy", "ALWAYS",
+               "--touch-policy", "ALWAYS", "9d", "yk-9d.pub")
+    out = ykman_here(card, "piv", "keys", "info", "9d").stdout
     assert re.search(r"Algorithm:\s+RSA2048", out) and re.search(r"Origin:\s+GENERATED", out), out
-    assert re.search(r"PIN required for use:\s+ALWAYS", out) and re.search(r"Touch required for use:\s+ALWAYS", out), out
+    assert re.search(r"PIN required for use:\s+ALWAYS", out), out
+    assert re.search(r"Touch required for use:\s+ALWAYS", out), out
     # reset: ykman blocks the PIN and the PUK itself (with empty PINs), then resets
-    out = ykman(card, "piv", "reset", "--force").stdout
+    out = ykman_here(card, "piv", "reset", "--force").stdout
     assert "Reset complete" in out, out
     card.pin, card.puk, card.mgm_key = DEFAULT_PIN, DEFAULT_PUK, DEFAULT_MGM_KEY
     status = _status(card)
