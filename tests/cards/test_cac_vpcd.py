@@ -1,7 +1,7 @@
 """The CAC card seen by OpenSC through a private pcscd + vsmartcard vpcd (no USB).
 
 Skipped when the host tools are missing or a pcscd already runs (fails
-instead when CI=true).  Runs its own pcscd in the foreground with a private
+instead in CI).  Runs its own pcscd in the foreground with a private
 reader.conf.d (-c) whose vpcd reader listens on a free port, and stops it.
 """
 
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.ci import skip_or_fail
 
 import ccidgadget.cards.pin as pin_module
 from ccidgadget.cards.cac import CAC_LABELS, CacCard
@@ -42,9 +44,7 @@ def _missing() -> str | None:
 
 _why = _missing()
 if _why:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI=true but the vpcd integration test cannot run: {_why}")
-    pytest.skip(_why, allow_module_level=True)
+    skip_or_fail(f"the vpcd integration test cannot run: {_why}", allow_module_level=True)
 
 from ccidgadget.frontends.vpcd_client import serve_card_to_vpcd  # noqa: E402
 from test_cac import cert_files, keys  # noqa: E402,F401  (session fixtures)

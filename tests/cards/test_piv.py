@@ -122,9 +122,10 @@ def test_verify_lockout_and_unblock(host, card):
     assert host.send(0x20, 0, 0x80)[1] == 0x63C3
     assert host.verify("000000") == 0x63C2
     assert host.verify("000000") == 0x63C1
-    assert host.send(0x20, 0, 0x80, b"12345\xff\xff\xff")[1] == 0x6A80     # malformed: no try used
     assert host.send(0x20, 0, 0x80)[1] == 0x63C1
-    assert host.verify("000000") == 0x63C0
+    # a badly padded or empty block is a wrong PIN, as on a YubiKey (yubikit's reset blocks the PIN
+    # and the PUK with empty blocks)
+    assert host.send(0x20, 0, 0x80, b"\xff" * 8)[1] == 0x63C0
     assert host.verify("123456") == 0x6983
     assert host.send(0x20, 0, 0x80)[1] == 0x6983
     # unblock with the PUK (wrong PUK first)
@@ -154,6 +155,13 @@ def test_verify_bad_references(host):
 def test_puk_verify_and_block(host):
     assert host.send(0x20, 0, 0x81)[1] == 0x63C3
     assert host.send(0x20, 0, 0x81, pin_block("12345678"))[1] == 0x9000
+    assert host.send(0x20, 0, 0x81, b"12345\xff\xff\xff")[1] == 0x63C2        # malformed: a wrong PUK
+    assert host.send(0x20, 0, 0x81, pin_block("12345678"))[1] == 0x9000
+    # RESET RETRY COUNTER with an empty PUK and an empty new PIN (yubikit's reset): the PUK is checked
+    # first, and counted; a right PUK with a malformed new PIN changes nothing
+    assert host.send(0x2C, 0, 0x80, b"\xff" * 16)[1] == 0x63C2
+    assert host.send(0x2C, 0, 0x80, pin_block("12345678") + pin_block("12"))[1] == 0x6A80
+    assert host.verify("123456") == 0x9000
     for left in (2, 1, 0):
         assert host.send(0x24, 0, 0x81, pin_block("00000000") + pin_block("11111111"))[1] == 0x63C0 | left
     assert host.send(0x2C, 0, 0x80, pin_block("12345678") + pin_block("111111"))[1] == 0x6983

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import in_ci, skip_or_fail
+
 from ccidgadget import cli
 from ccidgadget.daemon.control import (EXIT_NO_DAEMON, EXIT_PERMISSION, ControlError, ControlServer, call)
 
@@ -209,14 +211,14 @@ def _as_nobody(path: Path, argv: list[str]) -> subprocess.CompletedProcess:
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, cwd="/")
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/python3") and os.environ.get("CI") != "true",
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3") and not in_ci(),
                     reason="needs /usr/bin/python3 for an unprivileged client (outside CI)")
 def test_permission_denied_is_explained():
     """A caller outside the control group gets a message naming the group and the fix."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to create a socket another user cannot use")
+        skip_or_fail("needs root to create a socket another user cannot use")
     if not os.access(REPO, os.R_OK | os.X_OK) or (os.stat(REPO).st_mode & 0o005) != 0o005:
-        pytest.skip(f"{REPO} is not readable by other users")
+        skip_or_fail(f"{REPO} is not readable by other users")
     d = Path(tempfile.mkdtemp(prefix="ccidgadget-ctl-"))
     try:
         d.chmod(0o755)

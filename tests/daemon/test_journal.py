@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
+
+from tests.ci import in_ci
 
 from ccidgadget.daemon import journal
 from ccidgadget.daemon.journal import StructuredFields, TextFormatter
@@ -37,7 +38,7 @@ def test_text_formatter_plain_and_under_journald():
 
 
 # CI installs the systemd extra: there a missing systemd-python fails this test instead of skipping it.
-@pytest.mark.skipif(journal._JournalHandler is None and os.environ.get("CI") != "true",
+@pytest.mark.skipif(journal._JournalHandler is None and not in_ci(),
                     reason="systemd-python is not installed (outside CI)")
 def test_journal_handler_sends_upper_case_fields(monkeypatch):
     sent = []

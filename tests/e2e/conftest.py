@@ -26,7 +26,7 @@ Fixtures:
                      so the host can show them).
 
 If the environment is not usable the tests are skipped with the reason, or fail
-when ``CI=true`` and they were started by the test bed (``CCIDGADGET_VM=1`` or
+in CI (``CI`` truthy: tests/ci.py) and they were started by the test bed (``CCIDGADGET_VM=1`` or
 ``CCIDGADGET_E2E=1``; ``CCIDGADGET_E2E_STRICT=1`` forces failing). A plain host
 ``pytest`` run in CI therefore skips them instead of failing: they are meant to
 run through ``tests/test_vm.py``.
@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
+
+from tests.ci import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGFS = Path("/sys/kernel/config")
@@ -78,7 +80,7 @@ def _strict() -> bool:
     if os.environ.get("CCIDGADGET_E2E_STRICT") == "1":
         return True
     in_testbed = os.environ.get("CCIDGADGET_VM") == "1" or os.environ.get("CCIDGADGET_E2E") == "1"
-    return os.environ.get("CI") == "true" and in_testbed
+    return in_ci() and in_testbed
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -218,9 +220,10 @@ def remove_gadget(name: str) -> None:
 class PcscdProcess:
     """``pcscd -f`` under our control. pcscd sees USB readers present when it starts."""
 
-    def __init__(self, log_path: Path, args: Sequence[str] = ()):
+    def __init__(self, log_path: Path, args: Sequence[str] = (), env: dict | None = None):
         self.log_path = log_path
         self.args = list(args)
+        self.env = env                  # added to this process's environment (e.g. LIBCCID_ifdLogLevel)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> "PcscdProcess":
@@ -235,7 +238,8 @@ class PcscdProcess:
             log.write(f"--- pcscd -f {' '.join(self.args)} at {time.strftime('%T')}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(["pcscd", "-f", *self.args], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env=None if self.env is None else {**os.environ, **self.env})
         try:
             wait_until(lambda: self.proc.poll() is not None or _socket_alive(PCSCD_SOCKET),
                        timeout, what="pcscd socket")
@@ -305,7 +309,12 @@ def pcscd(log_dir):
 
 
 def list_readers(include_virtual: bool = False) -> list:
-    """pyscard readers, without vsmartcard's "Virtual PCD" ones. [] if pcscd is unreachable."""
+    """pyscard readers, without vsmartcard's "Virtual PCD" ones.
+
+    [] means pcscd answered that it has no reader (pyscard maps SCARD_E_NO_READERS_AVAILABLE to []);
+    a pcscd that does not answer or fails is an AssertionError, never "no readers" (which a test
+    asserting that a reader is gone would take for success).
+    """
     try:
         from smartcard.System import readers  # lazy: only the e2e tests need pyscard
     except ImportError as e:
@@ -313,8 +322,8 @@ def list_readers(include_virtual: bool = False) -> list:
                              "use the project venv (.venv/bin/pip install pyscard)") from None
     try:
         rs = readers()
-    except Exception:  # pcscd not (yet) answering, no readers, ...
-        return []
+    except Exception as e:       # pyscard's two hierarchies: EstablishContextException, CardServiceNotFound...
+        raise AssertionError(f"pcscd failed to list its readers: {type(e).__name__}: {e}") from None
     return [r for r in rs if include_virtual or VIRTUAL_PCD not in str(r)]
 
 

@@ -65,7 +65,8 @@ class VSCardClient:
         self.on_apdu = on_apdu
         self.apdus: list[bytes] = []                      # every APDU the reader sent us
         self.inbox: queue.Queue = queue.Queue()
-        self.eof = threading.Event()
+        self.eof = threading.Event()                      # the read loop ended, for whatever reason
+        self.closed_by_peer = False                       # ... because the daemon closed (EOF or RST)
         self._send_lock = threading.Lock()
         self.thread = threading.Thread(target=self._read_loop, daemon=True, name="vscard-client")
         self.thread.start()
@@ -92,7 +93,9 @@ class VSCardClient:
                         self.send(VSC_APDU, answer)
                     continue
                 self.inbox.put((mtype, rid, payload))
-        except (EOFError, OSError):
+        except (EOFError, ConnectionResetError):
+            self.closed_by_peer = True
+        except OSError:                                   # our own close() (or shutdown) ends the loop
             pass
         finally:
             self.eof.set()
@@ -128,8 +131,9 @@ class VSCardClient:
         return rid
 
     def wait_closed(self, timeout: float = 30) -> bool:
-        """True once the daemon has closed the connection (messages before EOF are ignored)."""
-        return self.eof.wait(timeout)
+        """True once the daemon has closed the connection (messages before EOF are ignored); False
+        on timeout, or when the loop ended for another reason (our own close, an ``on_apdu`` error)."""
+        return self.eof.wait(timeout) and self.closed_by_peer
 
     # -- the vscclient sequence -------------------------------------------------------
     def init(self) -> bytes:

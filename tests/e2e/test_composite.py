@@ -8,6 +8,10 @@
 - Another gadget owning the UDC: ccidgadget refuses, names it, exits non-zero and leaves it alone.
 - ``ccidgadget reload``: a slot's card type changed in the file swaps the card without
   re-enumeration (same USB device number on the host); a changed slot count re-enumerates.
+- A re-enumeration that fails for real (a UDC that does not exist; a function attribute the kernel
+  refuses while the new gadget is half built) is reported by ``ccidgadget reload`` (exit 1), and
+  the previous configuration serves again: ``status --json`` shows it, the host sees the reader
+  come back with the old slots, and their cards answer.
 
 The guest loads only dummy_hcd, libcomposite and usb_f_fs; the function drivers of both sides
 are loaded here from the test bed's module tree.
@@ -15,6 +19,7 @@ are loaded here from the test bed's module tree.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import sys
@@ -44,8 +49,10 @@ def function_modules(e2e):
     modprobe(e2e.run_command, *MODULES)
 
 
-def write_config(path: Path, *, slots=("iso",), functions=()) -> Path:
+def write_config(path: Path, *, slots=("iso",), functions=(), udc: str | None = None) -> Path:
     lines = ["[daemon]", 'log_level = "debug"', f'state_dir = "{path.parent / "state"}"', ""]
+    if udc is not None:
+        lines += ["[gadget]", f'udc = "{udc}"', ""]
     for t in slots:
         lines += ["[[slot]]", 'engine = "emulated"', f'type = "{t}"', ""]
     for kind, name, attrs in functions:
@@ -163,9 +170,11 @@ def test_ccid_acm_ncm_composite_enumerates_and_both_work(tmp_path, daemon, pcscd
     # ncm: the board's interface (usb0-like, the MAC we configured) and the host's cdc_ncm netdev
     board_if = (gadget / "functions" / "ncm.usb0" / "ifname").read_text().strip()
     assert (Path("/sys/class/net") / board_if / "address").read_text().strip() == "02:cc:1d:00:00:01"
-    host_nets = [p.name for p in Path("/sys/class/net").iterdir()
-                 if (p / "device" / "driver").exists() and (p / "device" / "driver").resolve().name == "cdc_ncm"]
-    assert host_nets, list(Path("/sys/class/net").iterdir())
+    # cdc_ncm registers its netdev after the interfaces are bound: wait for it
+    host_nets = e2e.wait_until(lambda: [p.name for p in Path("/sys/class/net").iterdir()
+                                        if (p / "device" / "driver").exists()
+                                        and (p / "device" / "driver").resolve().name == "cdc_ncm"], 30,
+                               what="the host's cdc_ncm netdev")
     assert (Path("/sys/class/net") / host_nets[0] / "address").read_text().strip() == "02:cc:1d:00:00:02"
 
     # acm: bytes both ways between the board's /dev/ttyGS0 and the host's /dev/ttyACM0
@@ -296,3 +305,66 @@ def test_reload_card_type_in_place_and_slot_count_reenumerates(tmp_path, daemon,
     pcscd.restart()
     e2e.wait_until(lambda: len([r for r in e2e.list_readers() if OUR_READER in str(r)]) == 2, 60,
                    what="two readers of ours")
+
+
+def status(e2e) -> dict:
+    return json.loads(e2e.run_command([*CCIDGADGET, "status", "--json"], cwd=REPO).stdout)
+
+
+def test_failed_reenumeration_restores_the_previous_configuration(tmp_path, daemon, pcscd, wait_for_reader,
+                                                                   run_cmd, e2e, udc):
+    from ccidgadget.cards.iso import IsoCard
+    from ccidgadget.cards.piv.constants import PIV_AID
+
+    old = dict(slots=("iso", "piv"), functions=[("acm", "0", {})])
+    conf = write_config(tmp_path / "ccidgadget.toml", **old)
+    d = daemon("--config", str(conf))
+    d.wait_bound(90)
+    before = status(e2e)
+    assert [(s["slot"], s["type"]) for s in before["slots"]] == [(0, "iso"), (1, "piv")], before
+
+    def serves_the_old_configuration(number_before):
+        # the control socket: running again, on the old gadget, with the old slots and functions
+        st = e2e.wait_until(lambda: (lambda st: st if st["state"] == "running" and st["bound"] else None)(
+            status(e2e)), 90, what="the daemon running and bound again")
+        assert st["udc"] == udc and st["functions"] == ["acm.0"], st
+        assert [(s["slot"], s["engine"], s["type"], s["present"]) for s in st["slots"]] == \
+            [(0, "emulated", "iso", True), (1, "emulated", "piv", True)], st
+        assert st["reloads"] == before["reloads"], st           # nothing was applied
+        # the host: the reader came back (enumerated again) with both slots, and the cards answer
+        found = e2e.wait_until(lambda: [devnum(i) for i in e2e.ccid_interfaces()] or None, 60,
+                               what="the CCID interface back")
+        assert number_before not in found, (number_before, found)
+        pcscd.restart()
+        names = e2e.wait_until(lambda: sorted(str(r) for r in e2e.list_readers() if OUR_READER in str(r))
+                               if len([r for r in e2e.list_readers() if OUR_READER in str(r)]) == 2 else None,
+                               60, what="two readers of ours")
+        readers = {str(r): r for r in e2e.list_readers()}
+        assert select_iso(readers[names[0]]) == IsoCard().atr()
+        assert select_aid(readers[names[1]], PIV_AID) != IsoCard().atr()
+        assert d.running, d.log()
+        return found[0]
+
+    pcscd.restart()
+    wait_for_reader(lambda name: OUR_READER in name, timeout=60)
+    number = devnum(e2e.ccid_interfaces()[0])
+    # 1. a UDC that does not exist: refused by the new gadget's preflight, before configfs is touched
+    write_config(conf, **old, udc="nope.0")
+    p = run_cmd([*CCIDGADGET, "reload", "--config", str(conf)], timeout=180, check=False, cwd=REPO)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "re-enumeration with the new configuration failed" in p.stderr, p.stderr
+    assert f"no UDC named 'nope.0'; available: {udc}" in p.stderr, p.stderr
+    assert "went back to the previous configuration" in p.stderr, p.stderr
+    number = serves_the_old_configuration(number)
+
+    # 2. the kernel refuses the new gadget half-way: u_ether takes no broadcast address as the board's
+    # MAC (dev_addr: EINVAL), after the gadget directory and its functions were made
+    write_config(conf, slots=old["slots"],
+                 functions=[("acm", "0", {}), ("ncm", "usb0", {"dev_addr": "ff:ff:ff:ff:ff:ff"})])
+    p = run_cmd([*CCIDGADGET, "reload", "--config", str(conf)], timeout=180, check=False, cwd=REPO)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "re-enumeration with the new configuration failed" in p.stderr, p.stderr
+    assert "Invalid argument" in p.stderr and "went back to the previous configuration" in p.stderr, p.stderr
+    serves_the_old_configuration(number)
+    assert "ncm.usb0" not in {p.name for p in (e2e.GADGETS / "ccidgadget" / "functions").iterdir()}
+    assert d.log().count("went back to the previous configuration") == 2, d.log()

@@ -16,8 +16,9 @@ hundreds of times) and, where it is cheap, by pcscd + libccid + pyscard.
 
 Figures (RSS, fds, latencies) are appended to ``$CCIDGADGET_VM_OUT/stability.txt`` and printed;
 ``scripts/bench_stability.py`` runs the module in the guest and prints that file. The kill -9 test
-draws its kill moments from ``CCIDGADGET_FAULT_SEED`` (default: the time; the seed is reported;
-pass it into the guest with ``python3 -m tests.vm.testbed run --env CCIDGADGET_FAULT_SEED=...``).
+draws its kill moments from a fixed seed (``DEFAULT_FAULT_SEED``), so every run replays the same
+moments; ``CCIDGADGET_FAULT_SEED=N`` overrides it (test_vm and the test bed pass it into the guest).
+The seed is printed first (pytest shows it with a failure) and written into the figures.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def test_host_reset_and_rebind_50_times_with_apdus_in_flight(daemon, tmp_path, e
                 ok = pump.ok
                 e2e.wait_until(lambda: pump.ok > ok or not pump.is_alive(), 60,
                                what=f"an APDU after disruption {2 * i + (what != 'reset')}")
+                assert pump.is_alive(), "the APDU pump thread died"
                 assert d.running, d.log()
                 dev, _ = wait_ccid(30)
                 if what == "reset":
@@ -428,10 +430,25 @@ def check_card(piv: Piv, acked_pin: str, pending_pin: str | None,
     return pin, key, which
 
 
+#: The kill -9 test's seed unless CCIDGADGET_FAULT_SEED says otherwise (any integer).
+DEFAULT_FAULT_SEED = 20260710
+
+
+def fault_seed() -> int:
+    value = os.environ.get("CCIDGADGET_FAULT_SEED", "").strip()
+    if not value:
+        return DEFAULT_FAULT_SEED
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise AssertionError(f"CCIDGADGET_FAULT_SEED={value!r} is not an integer") from None
+
+
 def test_kill_9_during_pin_changes_and_key_generation(daemon, tmp_path, e2e):
     state_dir = tmp_path / "state"
     card_dir = state_dir / "cards" / "slot0-piv"
-    seed = int(os.environ.get("CCIDGADGET_FAULT_SEED", time.time()))      # set it to replay a run
+    seed = fault_seed()
+    print(f"kill -9 test: seed {seed} (replay with CCIDGADGET_FAULT_SEED={seed})")
     rng = random.Random(seed)
     rounds = 8
     pin, key = "123456", None
@@ -634,13 +651,19 @@ def test_resource_stability_1000_clients_100_enumerations(daemon, tmp_path, e2e)
 
 
 def wait_closed(s: socket.socket, timeout: float = 10) -> bool:
-    s.settimeout(timeout)
+    """True once the daemon closed the connection (EOF or RST) within ``timeout``, whatever it sent
+    before; False while it keeps the connection open."""
+    deadline = time.monotonic() + timeout
     try:
-        while s.recv(65536):
-            pass
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            if not s.recv(65536):
+                return True
     except ConnectionResetError:
+        return True
+    except socket.timeout:
         pass
-    return True
+    return False
 
 
 def test_maximum_message_sizes_cost_no_memory(daemon, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ccidgadget.cards.iso import ISO_APPLET_AID
+from ccidgadget.ccid import TIME_EXTENSION_INTERVAL
 from ccidgadget.usb.gadget import DEFAULT_PRESET, PRESETS
 
 VID, PID, _ = PRESETS[DEFAULT_PRESET]
@@ -160,6 +161,64 @@ def test_two_slots_are_two_readers(reader_up, e2e):
             conn = connect(r)
             select_iso_applet(conn)
             conn.disconnect()
+
+
+def test_rsa4096_generation_in_one_slot_does_not_stall_the_other(daemon, log_dir, tmp_path, e2e):
+    """README: "RSA-4096 key generation in one slot does not stall another", through USB: pcscd +
+    libccid talk to both slots of the reader at once (bMaxCCIDBusySlots = slots, so libccid reports
+    TAG_IFD_SLOT_THREAD_SAFE), slot 0 generates RSA-4096 keys on its PIV card while slot 1's ISO
+    card answers GET CHALLENGE in a loop (judged by tests/service/slot_stall.py). libccid logs each
+    time extension it receives (COMM level, LIBCCID_ifdLogLevel): they keep the host from timing
+    out during a generation longer than its read timeout."""
+    from tests.service.slot_stall import generate_while_slot1_flows
+
+    d = daemon("--card", "emulated", "--type", "piv", *ISO, "--state-dir", str(tmp_path / "state"))
+    d.wait_bound(60)
+    pcscd = e2e.PcscdProcess(log_dir / "pcscd-debug.log", args=["--debug"],
+                             env={"LIBCCID_ifdLogLevel": "0x0007"})   # critical, info, comm
+    pcscd.start()
+    try:
+        def ours():
+            names = sorted(str(r) for r in e2e.list_readers() if "ccidgadget" in str(r))
+            return names if len(names) == 2 else None
+        slot0, slot1 = e2e.wait_until(ours, 60, what="the two readers of our two slots")
+        assert slot0.endswith(" 00 00") and slot1.endswith(" 00 01"), (slot0, slot1)
+        readers = {str(r): r for r in e2e.list_readers()}
+        conns = [connect(readers[slot0]), connect(readers[slot1])]
+        assert apdu(conns[1], "00A40400%02X%s00" % (len(ISO_APPLET_AID), ISO_APPLET_AID.hex()))[1] == 0x9000
+
+        def through(conn):
+            def transmit(command: bytes) -> bytes:
+                data, sw1, sw2 = conn.transmit(list(command))
+                return bytes(data) + bytes((sw1, sw2))
+            return transmit
+
+        extensions: list[int] = []
+        seen = [len(pcscd.log())]
+
+        def count_time_extensions(window):
+            text = pcscd.log()
+            extensions.append(text[seen[0]:].count("Time extension requested"))
+            seen[0] = len(text)
+
+        report = generate_while_slot1_flows(through(conns[0]), through(conns[1]), bytes.fromhex("0084000008"),
+                                            timeout=300, after_generation=count_time_extensions)
+        for conn in conns:
+            conn.disconnect()
+            conn.release()                                   # before pcscd goes, not in __del__
+    finally:
+        pcscd.stop()
+    figures = f"{report.describe()}\ntime extensions libccid logged per generation: {extensions}\n"
+    print(figures)
+    (log_dir / "slot-stall.txt").write_text(figures)
+    report.check()
+    log = pcscd.log()
+    assert "LIBUSB_ERROR_TIMEOUT" not in log, "the host timed out waiting for the reader"
+    for w, count in zip(report.windows, extensions):
+        # the daemon sends one per TIME_EXTENSION_INTERVAL (1 s) of card work, the first after one interval
+        if w.seconds > 2 * TIME_EXTENSION_INTERVAL:
+            assert count >= 1, f"{w.describe()}: no time extension reached libccid"
+    assert d.running, d.log()
 
 
 def _usb_device_of(iface: Path) -> Path:

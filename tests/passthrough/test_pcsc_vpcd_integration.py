@@ -12,12 +12,14 @@ import socket
 
 import pytest
 
+from tests.ci import skip_or_fail
+
 from ccidgadget.cards.iso import IsoCard
 from ccidgadget.frontends.vpcd_client import serve_card_to_vpcd
 from ccidgadget.passthrough.pcsc import PcscCard
 
 from .aio import run, wait_until
-from .pcscd import VPCD_PORT, VPCD_READER, PcscdUnavailable, ci, pcscd_with_vpcd
+from .pcscd import VPCD_PORT, VPCD_READER, PcscdUnavailable, pcscd_with_vpcd
 
 SELECT_APPLET = bytes.fromhex("00A404000BF06363696467616467657400")
 SELECT_LARGE = bytes.fromhex("00A4000C020102")
@@ -30,9 +32,7 @@ def pcscd(tmp_path_factory):
         with pcscd_with_vpcd(tmp_path_factory.mktemp("pcscd") / "pcscd.log") as proc:
             yield proc
     except PcscdUnavailable as e:
-        if ci():
-            pytest.fail(f"pcscd with vpcd unavailable in CI: {e}")
-        pytest.skip(f"pcscd with vpcd unavailable: {e}")
+        skip_or_fail(f"pcscd with vpcd unavailable: {e}")
 
 
 def _vpcd_port_free_for_a_card() -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
+
+from tests.ci import skip_or_fail
 
 from ccidgadget.passthrough.vpcd_server import VpcdServerCard
 
@@ -21,9 +22,7 @@ def vicc_argv():
     try:
         return ensure_vicc()
     except ViccUnavailable as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"vicc unavailable in CI: {e}")
-        pytest.skip(f"vicc unavailable: {e}")
+        skip_or_fail(f"vicc unavailable: {e}")
 
 
 async def start_vicc(argv, port):

@@ -53,17 +53,19 @@ class VSCClient:
         return rid
 
     async def closed(self, timeout: float = 5.0) -> bool:
-        """True when the server closed the connection (EOF)."""
+        """True when the server closed the connection (EOF or RST) within ``timeout``, whatever it
+        sent before; False while it keeps the connection open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            while (left := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(self.reader.read(65536), left):
+                    return True
         except ConnectionResetError:
             return True
-        while data:
-            try:
-                data = await asyncio.wait_for(self.reader.read(65536), timeout)
-            except ConnectionResetError:
-                return True
-        return True
+        except asyncio.TimeoutError:
+            pass
+        return False
 
     async def handshake(self, name: bytes = b"Test Reader") -> int:
         """Init, ReaderRemove(0), ReaderAdd as vscclient does; return the reader id given."""

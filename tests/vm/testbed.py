@@ -87,6 +87,7 @@ PASSTHROUGH_ENV = (
     "PYTHONHASHSEED",
     "GITHUB_ACTIONS",
     "HYPOTHESIS_PROFILE",
+    "CCIDGADGET_FAULT_SEED",       # tests/e2e/test_faults.py: replay or vary the kill -9 moments
 )
 
 # 9p message size: the virtio transport caps it just under 512 KiB

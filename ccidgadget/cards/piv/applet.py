@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from ..applet import Applet, AppletCard
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
 from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey
-from ..pin import piv_check_padded, piv_pad
+from ..pin import PIV_PIN_MAX, piv_check_padded, piv_pad
 from ..storage import CardStore, StorageError
 from ..tlv import parse_dict, parse_tlv, tlv, unwrap
 from . import objects
@@ -187,7 +187,7 @@ class PivApplet(Applet):
             if which == "pin" and self.pin_verified:
                 return b""
             raise ApduError(SW.VERIFY_FAILED | min(slot.tries_left, 15))
-        block = piv_check_padded(cmd.data)
+        block = self._reference_block(cmd.data)
         if which == "pin":
             self.pin_verified = self.pin_fresh = False
         self._verify_reference(which, block)
@@ -195,13 +195,23 @@ class PivApplet(Applet):
             self.pin_verified = self.pin_fresh = True
         return b""
 
+    @staticmethod
+    def _reference_block(data: bytes) -> bytes:
+        """The 8 bytes compared with the PIN or PUK.  Any 8 bytes that are not the reference data are
+        a wrong value and use a try (63Cx), a badly padded or empty block included, as on a YubiKey:
+        yubikit blocks the PIN and PUK before a reset with empty (all-FF) blocks.  Only a new value
+        must be well formed (piv_check_padded)."""
+        if len(data) != PIV_PIN_MAX:
+            raise ApduError(SW.WRONG_DATA)
+        return data
+
     # -- CHANGE REFERENCE DATA (§3.2.2) / RESET RETRY COUNTER (§3.2.3) -------
     def _two_blocks(self, cmd: CommandAPDU) -> tuple[bytes, bytes]:
         if cmd.p1 != 0x00:
             raise ApduError(SW.INCORRECT_P1P2)
-        if len(cmd.data) != 16:
+        if len(cmd.data) != 2 * PIV_PIN_MAX:
             raise ApduError(SW.WRONG_DATA)
-        return piv_check_padded(cmd.data[:8]), piv_check_padded(cmd.data[8:])
+        return self._reference_block(cmd.data[:PIV_PIN_MAX]), cmd.data[PIV_PIN_MAX:]
 
     def change_reference_data(self, cmd: CommandAPDU) -> bytes:
         if cmd.p2 not in (KEY_REFERENCE.PIV_PIN, KEY_REFERENCE.PUK):
@@ -209,6 +219,7 @@ class PivApplet(Applet):
         old, new = self._two_blocks(cmd)
         which = "pin" if cmd.p2 == KEY_REFERENCE.PIV_PIN else "puk"
         self._verify_reference(which, old)
+        new = piv_check_padded(new)
         new_state = self.state.clone()
         target = new_state.pin if which == "pin" else new_state.puk
         target.set(new, is_default=new == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK))
@@ -222,6 +233,7 @@ class PivApplet(Applet):
             raise ApduError(SW.REFERENCE_NOT_FOUND)
         puk, new = self._two_blocks(cmd)
         self._verify_reference("puk", puk)
+        new = piv_check_padded(new)
         new_state = self.state.clone()
         new_state.pin.set(new, is_default=new == piv_pad(DEFAULT_PIN))
         self._commit(new_state)
