@@ -46,8 +46,11 @@ class _Reenumeration:
     """A reload that needs the host to enumerate the device again, until the new configuration is up."""
 
     previous: DaemonOptions
-    #: resolved by the run loop: None once the new configuration is bound, else why it went back
+    #: resolved by the run loop once a configuration is bound again: None for the new one, else why it
+    #: went back (answered only when the previous configuration serves again, not before)
     done: asyncio.Future
+    #: why the new configuration failed, while the previous one is being brought back
+    error: str | None = None
 
 
 class Daemon:
@@ -270,13 +273,12 @@ class Daemon:
                     await self._serve(self.options)
                 except (GadgetError, EngineError, OSError) as e:
                     r = self._reenumeration
-                    if r is None:
+                    if r is None or r.error is not None:      # not a reload, or going back failed too
                         raise
-                    message = (f"re-enumeration with the new configuration failed ({e}); "
+                    r.error = (f"re-enumeration with the new configuration failed ({e}); "
                                f"went back to the previous configuration")
-                    log.error("%s", message, extra={"event": "reload-failed"})
+                    log.error("%s", r.error, extra={"event": "reload-failed"})
                     self.options = r.previous
-                    self._reenumeration_over(message)
         finally:
             self.state = "stopping"
             if self.notifier:
@@ -349,7 +351,8 @@ class Daemon:
                     self.notifier.ready()
                 self._notify_status()
                 log.info("reader ready: %d slot(s) on UDC %s", len(cards), device.udc, extra={"event": "ready"})
-                self._reenumeration_over(None)
+                if self._reenumeration is not None:
+                    self._reenumeration_over(self._reenumeration.error)
                 await self._wake.wait()
                 if self._stopping:
                     log.info("stopping", extra={"event": "stop"})

@@ -83,7 +83,7 @@ class FakeDevice:
 
     def __init__(self, options, host_side, *, on_state):
         self.options, self.host_side = options, host_side
-        self.udc = options.udc or self.udcs[0]
+        self.udc = options.udc or "dummy_udc.0"
         self.root, self.bound, self.host_connected, self.enumerations = f"/fake/{options.gadget_name}", False, False, 0
         self.events = []
         FakeDevice.made.append(self)
@@ -244,7 +244,7 @@ def test_failed_reenumeration_goes_back_to_the_previous_configuration():
         with pytest.raises(ControlError, match=r"re-enumeration with the new configuration failed \(no USB device "
                                                r"controller named 'nope\.0'.*\); went back to the previous"):
             await asyncio.wait_for(d.reload(), 5)
-        # the previous configuration is up again, on a new device, and its card answers
+        # the answer comes once the previous configuration is up again, on a new device, and its card answers
         assert d.state == "running" and d.options is old
         assert [dev.options.udc for dev in FakeDevice.made] == [None, "nope.0", None]
         assert FakeDevice.made[-1].events == ["create", "bind"] and d.status()["bound"] is True
@@ -254,6 +254,19 @@ def test_failed_reenumeration_goes_back_to_the_previous_configuration():
         assert (await d.reload())["slots_replaced"] == [0]
         d.request_stop()
         assert await asyncio.wait_for(task, 5) == 0
+    asyncio.run(main())
+
+
+def test_when_going_back_fails_too_the_daemon_stops_with_the_reason(monkeypatch):
+    """The UDC vanished under both configurations: no endless retry; run() ends with the error."""
+    async def main():
+        d, task = await started(options(ISO), loader=lambda: options(ISO, ISO))
+        monkeypatch.setattr(FakeDevice, "udcs", ())
+        with pytest.raises(ControlError, match="the daemon is stopping"):
+            await asyncio.wait_for(d.reload(), 5)
+        with pytest.raises(GadgetError, match="no USB device controller named 'dummy_udc.0'"):
+            await asyncio.wait_for(task, 5)
+        assert len(FakeDevice.made) == 3
     asyncio.run(main())
 
 
