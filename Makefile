@@ -1,6 +1,7 @@
 # ccidgadget — developer entry points.  Every target does its own set-up.
 #
 #   make test    all tests: unit, property/fuzz (bounded), and end-to-end in a QEMU guest
+#                (first the unit suite on Debian 12's own python3-cryptography 38.0.4: make test-deb12)
 #   make demo    the daemon on its default emulated card, and what the host side sees
 #   make bench   speed and memory figures
 #   make fuzz    a long coverage-guided fuzzing run
@@ -14,9 +15,10 @@ PYTEST_ARGS ?=
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libaio1 libpcsclite-dev libsystemd-dev \
 	qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 usbutils \
 	pcscd libccid opensc pcsc-tools vsmartcard-vpcd vsmartcard-vpicc python3-virtualsmartcard \
-	yubico-piv-tool libnss3-tools openssl openssh-client systemd
+	yubico-piv-tool libnss3-tools openssl openssh-client systemd \
+	python3-cryptography python3-pyscard python3-systemd
 
-.PHONY: deps venv vm test test-unit test-vm demo bench fuzz clean
+.PHONY: deps venv vm test test-unit test-vm test-deb12 demo bench fuzz clean
 
 # System packages (Debian 12).  Skipped quietly when everything is there.
 deps:
@@ -39,8 +41,31 @@ venv: deps $(PY)
 vm: deps
 	$(PYTHON) -m tests.vm.testbed prepare
 
-test: venv vm
+test: venv vm test-deb12
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit suite on what Debian 12 / Raspberry Pi OS bookworm ship: Debian's /usr/bin/python3 with
+# python3-cryptography (38.0.4: no PyPI wheels for 32-bit ARM), python3-pyscard and python3-systemd,
+# in a --system-site-packages venv that adds only what Debian lacks (functionfs, libaio, ioctl-opt,
+# pytest, hypothesis) from PyPI.  pip resolving pyproject's requirements against Debian's versions is
+# part of the check; the versions actually imported are checked before the run.
+DEB12_VENV ?= .cache/deb12-venv
+DEB12_PY   := $(DEB12_VENV)/bin/python
+DEBIAN_CRYPTOGRAPHY ?= 38.0.4
+
+$(DEB12_PY): pyproject.toml
+	/usr/bin/python3 -m venv --system-site-packages $(DEB12_VENV)
+	$(DEB12_PY) -m pip install -q -e '.[test,pcsc,systemd]'
+	@touch $(DEB12_PY)
+
+test-deb12: deps $(DEB12_PY)
+	$(DEB12_PY) -c 'import sys, cryptography, smartcard, systemd; \
+		print("Debian 12 run: cryptography", cryptography.__version__, "from", cryptography.__file__); \
+		mods = (cryptography, smartcard, systemd); \
+		bad = [m.__name__ for m in mods if not m.__file__.startswith("/usr/lib/python3/dist-packages/")]; \
+		sys.exit(f"not Debian'"'"'s: {bad}" if bad else \
+			 None if cryptography.__version__ == "$(DEBIAN_CRYPTOGRAPHY)" else "expected $(DEBIAN_CRYPTOGRAPHY)")'
+	$(DEB12_PY) -m pytest -m 'not vm' -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest -m 'not vm' $(PYTEST_ARGS)
