@@ -5,6 +5,7 @@
 #   make demo    the daemon on its default emulated card, and what the host side sees
 #   make bench   speed and memory figures
 #   make fuzz    a long coverage-guided fuzzing run
+#   make deb     build/deb/ccidgadget_VERSION_all.deb (Debian 12 / Raspberry Pi OS, every architecture), lintian
 #   make install / make uninstall   (see docs/service.md)
 
 PYTHON ?= python3
@@ -16,9 +17,9 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libaio1 libpcsclite-dev 
 	qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 usbutils \
 	pcscd libccid opensc pcsc-tools vsmartcard-vpcd vsmartcard-vpicc python3-virtualsmartcard \
 	yubico-piv-tool libnss3-tools openssl openssh-client systemd \
-	python3-cryptography python3-pyscard python3-systemd groff-base
+	python3-cryptography python3-pyscard python3-systemd groff-base debhelper dh-python lintian
 
-.PHONY: deps venv vm test test-unit test-vm test-deb12 demo bench fuzz clean
+.PHONY: deps venv vm test test-unit test-vm test-deb12 deb demo bench fuzz clean
 
 # System packages (Debian 12).  Skipped quietly when everything is there.
 deps:
@@ -81,6 +82,11 @@ bench: venv vm
 
 fuzz: venv
 	$(PY) scripts/fuzz.py --long
+
+# The Debian package (debian/, scripts/build_deb.py): Debian's python3-cryptography/pyscard/systemd,
+# python-functionfs, python-libaio and ioctl-opt shipped inside; lintian's verdict is printed.
+deb: deps
+	$(SYS_PYTHON) scripts/build_deb.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis

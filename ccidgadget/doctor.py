@@ -279,12 +279,8 @@ class Doctor:
             self.add("dwc2", Status.FAIL, "the dwc2 driver is not loaded",
                      "modprobe dwc2; and at boot: echo dwc2 >> /etc/modules-load.d/ccidgadget.conf")
             return False
-        if "dwc2" not in self.sys.modules_at_boot() and self.sys.module_loaded("dwc2"):
-            self.add("dwc2", Status.WARN, "dwc2 is loaded now but not listed to load at boot",
-                     "echo dwc2 >> /etc/modules-load.d/ccidgadget.conf")
-        else:
-            self.add("dwc2", Status.OK, f"{model}: {'dtoverlay=dwc2' if overlay else 'a UDC exists'}, "
-                     "dwc2 loaded")
+        # No modules-load.d entry is needed for dwc2: udev loads it for the overlay's device-tree node.
+        self.add("dwc2", Status.OK, f"{model}: {'dtoverlay=dwc2' if overlay else 'a UDC exists'}, dwc2 loaded")
         return True
 
     def check_gadgets(self) -> None:

@@ -39,8 +39,9 @@ FILES = [
     ("/var/lib/ccidgadget", "the emulated cards' state: keys, certificates, PINs (0700 root). Never removed by "
                             "the package: delete it yourself to destroy the keys"),
     ("/run/ccidgadget/control.sock", "the control socket of the running daemon (status, insert, remove, reload)"),
-    ("/etc/modules-load.d/ccidgadget.conf", "the kernel modules loaded at boot (libcomposite; dwc2 on a "
-                                             "Raspberry Pi)"),
+    ("/usr/lib/modules-load.d/ccidgadget.conf", "libcomposite, loaded at boot (make install writes "
+                                                 "/etc/modules-load.d/ccidgadget.conf instead). On a Raspberry "
+                                                 "Pi, udev loads dwc2 once config.txt has dtoverlay=dwc2"),
     ("ccidgadget.service", "the systemd unit: systemctl enable --now ccidgadget; journalctl -u ccidgadget"),
 ]
 
