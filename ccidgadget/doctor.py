@@ -122,17 +122,28 @@ class System:
         return ""
 
 
-def _active_config_lines(text: str) -> list[str]:
-    """config.txt lines that apply to every board: outside conditional sections other than [all]."""
+#: config.txt model filters (Raspberry Pi documentation, "Conditional filters") and the model
+#: names they select; filters not listed here are taken as not matching this board
+_MODEL_FILTERS = {
+    "pi0": ("Zero",), "pi0w": ("Zero W",), "pi02": ("Zero 2",), "pi1": ("Model A", "Model B"),
+    "pi2": ("Pi 2",), "pi3": ("Pi 3",), "pi3+": ("Pi 3 Model B Plus", "Pi 3 Model A Plus"),
+    "pi4": ("Pi 4", "Pi 400", "Compute Module 4"), "pi400": ("Pi 400",), "cm4": ("Compute Module 4",),
+    "pi5": ("Pi 5", "Pi 500", "Compute Module 5"), "pi500": ("Pi 500",), "cm5": ("Compute Module 5",),
+}
+
+
+def _active_config_lines(text: str, model: str) -> list[str]:
+    """config.txt lines that apply to this board: before any filter, under [all], or under a model
+    filter that names it. (Raspberry Pi OS bookworm's own file ends with [cm5] dtoverlay=dwc2,dr_mode=host,
+    then [all]: that line is not for a Zero.)"""
     lines, applies = [], True
     for raw in text.splitlines():
         line = raw.split("#")[0].strip()
         if not line:
             continue
         if line.startswith("[") and line.endswith("]"):
-            # [all] and [none] reset; model filters ([pi4], [cm4], [pi02]...) may or may not match
-            # this board, so lines under them are counted too, except under [none]
-            applies = line.lower() != "[none]"
+            name = line[1:-1].strip().lower()
+            applies = name == "all" or any(m in model for m in _MODEL_FILTERS.get(name, ()))
             continue
         if applies:
             lines.append(line)
@@ -263,8 +274,9 @@ class Doctor:
         cfg_txt = self.sys.boot_config()
         overlay = None
         if cfg_txt is not None:
-            lines = _active_config_lines(cfg_txt.read_text(errors="replace"))
-            overlay = next((line for line in lines if re.match(r"dtoverlay\s*=\s*dwc2\b", line)), None)
+            lines = _active_config_lines(cfg_txt.read_text(errors="replace"), model)
+            overlays = [line for line in lines if re.match(r"dtoverlay\s*=\s*dwc2\b", line)]
+            overlay = overlays[-1] if overlays else None      # the last one wins
         where = str(cfg_txt.relative_to(self.sys.root)) if cfg_txt else "config.txt"
         where = "/" + where.lstrip("/")
         if overlay and "dr_mode=host" in overlay.replace(" ", ""):

@@ -40,8 +40,10 @@ def board(root, *, model=PI_ZERO, udcs=("20980000.usb",), configfs=True, modules
         (root / "sys/kernel/config/usb_gadget").mkdir(parents=True, exist_ok=True)
     write("/etc/modules-load.d/ccidgadget.conf", "# ccidgadget\n" + "".join(f"{m}\n" for m in boot_modules))
     if config_txt is not None:
+        # the tail of Raspberry Pi OS bookworm's own config.txt, then the test's lines
         write("/boot/firmware/config.txt", "# For more options, see http://rptl.io/configtxt\n"
-                                           "dtparam=audio=on\n[cm4]\notg_mode=1\n" + config_txt)
+                                           "dtparam=audio=on\n[cm4]\notg_mode=1\n\n"
+                                           "[cm5]\ndtoverlay=dwc2,dr_mode=host\n\n" + config_txt)
     dep = "kernel/drivers/usb/gadget/function/usb_f_fs.ko.xz: kernel/drivers/usb/gadget/libcomposite.ko.xz\n"
     write(f"/lib/modules/{RELEASE}/modules.dep", dep if functionfs_in_kernel else "kernel/fs/9p/9p.ko.xz:\n")
     for name, udc in (gadgets or {}).items():
@@ -93,6 +95,19 @@ def test_fresh_raspberry_pi_os_image_needs_the_dwc2_overlay(tmp_path, capsys):
 def test_a_commented_or_disabled_overlay_does_not_count(tmp_path, config_txt):
     findings = Doctor(board(tmp_path, udcs=(), modules=("libcomposite",), config_txt=config_txt)).run()
     assert by_check(findings)["dwc2"][0].status is Status.FAIL
+
+
+def test_a_compute_module_5_line_is_not_for_a_pi_4(tmp_path):
+    # bookworm's config.txt has [cm5] dtoverlay=dwc2,dr_mode=host: a CM5 gets a host port, a Pi 4 does not
+    findings = Doctor(board(tmp_path, model="Raspberry Pi 4 Model B Rev 1.4", udcs=(), config_txt="[all]\n")).run()
+    f = by_check(findings)["dwc2"][0]
+    assert f.status is Status.FAIL and "no 'dtoverlay=dwc2'" in f.summary
+    findings = Doctor(board(tmp_path / "cm5", model="Raspberry Pi Compute Module 5 Rev 1.0", udcs=(),
+                            config_txt="[all]\n")).run()
+    assert "makes the port a host" in by_check(findings)["dwc2"][0].summary
+    findings = Doctor(board(tmp_path / "pi4", model="Raspberry Pi 4 Model B Rev 1.4", udcs=(),
+                            config_txt="[pi4]\ndtoverlay=dwc2,dr_mode=peripheral\n[all]\n")).run()
+    assert by_check(findings)["dwc2"][0].status is Status.OK       # [pi4] applies to a Pi 4
 
 
 def test_overlay_in_host_mode(tmp_path):
