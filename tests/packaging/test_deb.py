@@ -104,9 +104,12 @@ def test_maintainer_scripts(tree):
     postinst = (tree / "DEBIAN/postinst").read_text()
     assert "systemctl --system daemon-reload" in postinst
     assert "deb-systemd-invoke try-restart 'ccidgadget.service'" in postinst      # upgrades only ($2 set)
-    assert "deb-systemd-invoke start" not in postinst and "deb-systemd-helper enable" not in postinst.replace(
-        "if deb-systemd-helper --quiet was-enabled 'ccidgadget.service'; then\n\t\t\t# Create new symlinks, if any."
-        "\n\t\t\tdeb-systemd-helper enable", "")
+    # never started on installation; enabled only again if the administrator had enabled it before
+    assert "deb-systemd-invoke start" not in postinst and "systemctl start" not in postinst
+    lines = postinst.splitlines()
+    for i, line in enumerate(lines):
+        if "deb-systemd-helper enable" in line:
+            assert "was-enabled" in "".join(lines[i - 3:i]), lines[i - 3:i + 1]
     assert "py3compile -p ccidgadget /usr/share/ccidgadget" in postinst
     prerm = (tree / "DEBIAN/prerm").read_text()
     assert re.search(r'if \[ "\$1" = remove \].*\n\s+deb-systemd-invoke stop ccidgadget.service', prerm)
