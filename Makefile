@@ -104,6 +104,11 @@ MODULES_CONF ?= /etc/modules-load.d/ccidgadget.conf
 BIN_LINK    ?= /usr/local/bin/ccidgadget
 SYS_PYTHON  ?= /usr/bin/python3
 ENABLE      ?= 0
+# pip comes from Debian's python3-pip through --system-site-packages (no ensurepip: minutes on a Pi Zero).
+# PIP_INSTALL_ARGS: e.g. --no-index --find-links=DIR on a board without network; PIP_PACKAGE: what to
+# install, this checkout by default, or a wheel built from it (tests/e2e/test_package.py does both).
+PIP_INSTALL_ARGS ?=
+PIP_PACKAGE ?= .
 RUNTIME_APT := python3-venv python3-pip python3-systemd python3-pyscard python3-cryptography pcscd
 
 .PHONY: install uninstall
@@ -115,8 +120,8 @@ install:
 	dpkg-query -W -f='$${Status}\n' $$aio 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$aio"; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
-	test -x $(INSTALL_DIR)/venv/bin/python || $(SYS_PYTHON) -m venv --system-site-packages $(INSTALL_DIR)/venv
-	$(INSTALL_DIR)/venv/bin/python -m pip install -q --upgrade .
+	test -x $(INSTALL_DIR)/venv/bin/python || $(SYS_PYTHON) -m venv --system-site-packages --without-pip $(INSTALL_DIR)/venv
+	$(INSTALL_DIR)/venv/bin/python -m pip install -q --upgrade $(PIP_INSTALL_ARGS) $(PIP_PACKAGE)
 	install -d -m 0755 $(INSTALL_DIR)/docs
 	install -m 0644 docs/service.md $(INSTALL_DIR)/docs/service.md
 	ln -sfn $(INSTALL_DIR)/venv/bin/ccidgadget $(BIN_LINK)
