@@ -91,6 +91,17 @@ class Bed:
     def detach_host(self) -> None:
         self.card.pcscd.stop()
 
+    def the_same_card_again(self) -> None:
+        """After a (re)start: the reader with the edited product name, and the key of step 2."""
+        self.attach_host()
+        assert PRODUCT in str(self.card.reader), self.card.reader
+        assert self.listed_key() == self.ssh_key
+
+    def before_change(self) -> tuple[str, str]:
+        """(card state digest, configuration text), with pcscd let go of the reader."""
+        self.detach_host()
+        return _sha256(CARD_STATE), CONF.read_text()
+
     def listed_key(self) -> str:
         out = self.card.run(["ssh-keygen", "-D", PKCS11_MODULE]).stdout
         keys = [line for line in out.splitlines() if line.startswith(("ssh-", "ecdsa-"))]
@@ -189,15 +200,11 @@ def test_upgrade_over_itself_keeps_the_configuration_and_restarts(bed):
     assert CONF.read_text() == conf and f'product = "{PRODUCT}"' in conf
     after = bed.unit("MainPID", "ActiveState")
     assert after["ActiveState"] == "active" and after["MainPID"] not in ("0", before), (before, after)
-    bed.attach_host()
-    assert PRODUCT in str(bed.card.reader)
-    assert bed.listed_key() == bed.ssh_key
+    bed.the_same_card_again()
 
 
 def test_remove_stops_and_keeps_configuration_and_card_state(bed):
-    card = _sha256(CARD_STATE)
-    conf = CONF.read_text()
-    bed.detach_host()
+    card, conf = bed.before_change()
     bed.sh(["dpkg", "-r", "ccidgadget"], timeout=300)
     assert bed.unit("ActiveState")["ActiveState"] == "inactive"
     assert not bed.e2e.gadgets(), bed.e2e.bound_gadgets()
@@ -242,16 +249,11 @@ def test_make_install_twice_enable_and_the_card_is_still_there(bed):
     assert CONF.read_text() == conf
     bed.sh(["systemctl", "enable", "--now", "ccidgadget"], timeout=240)
     assert bed.unit("ActiveState")["ActiveState"] == "active", bed.journal()
-    bed.attach_host()
-    assert PRODUCT in str(bed.card.reader)
-    # the card the package's service made: same state directory, same key
-    assert bed.listed_key() == bed.ssh_key
+    bed.the_same_card_again()         # the card the package's service made: same state directory
 
 
 def test_make_uninstall_keeps_configuration_and_card_state(bed):
-    card = _sha256(CARD_STATE)
-    conf = CONF.read_text()
-    bed.detach_host()
+    card, conf = bed.before_change()
     p = _make(bed, "uninstall")
     assert "kept /etc/ccidgadget (configuration) and /var/lib/ccidgadget" in p.stdout, p.stdout
     assert bed.unit("ActiveState", "LoadState") == {"ActiveState": "inactive", "LoadState": "not-found"}

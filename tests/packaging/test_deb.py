@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import difflib
 import gzip
-import importlib.util
 import re
 import subprocess
 import sys
@@ -23,13 +22,8 @@ from ccidgadget import manpage
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _build_deb():
-    name = "ccidgadget_build_deb"       # scripts/ is not a package: load it by path, once
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "build_deb.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from package_helpers import build_deb_module as _build_deb  # noqa: E402  (scripts/build_deb.py, loaded by path)
 
 
 @pytest.fixture(scope="module")
