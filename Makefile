@@ -49,7 +49,8 @@ test: venv vm test-deb12
 # python3-cryptography (38.0.4: no PyPI wheels for 32-bit ARM), python3-pyscard and python3-systemd,
 # in a --system-site-packages venv that adds only what Debian lacks (functionfs, libaio, ioctl-opt,
 # pytest, hypothesis) from PyPI.  pip resolving pyproject's requirements against Debian's versions is
-# part of the check; the versions actually imported are checked before the run.
+# part of the check; the versions actually imported are checked before the run.  tests/packaging runs
+# /usr/bin/python3 itself and builds the .deb: once, in the main run.
 DEB12_VENV ?= .cache/deb12-venv
 DEB12_PY   := $(DEB12_VENV)/bin/python
 DEBIAN_CRYPTOGRAPHY ?= 38.0.4
@@ -66,7 +67,7 @@ test-deb12: deps $(DEB12_PY)
 		bad = [m.__name__ for m in mods if not m.__file__.startswith("/usr/lib/python3/dist-packages/")]; \
 		sys.exit(f"not Debian'"'"'s: {bad}" if bad else \
 			 None if cryptography.__version__ == "$(DEBIAN_CRYPTOGRAPHY)" else "expected $(DEBIAN_CRYPTOGRAPHY)")'
-	$(DEB12_PY) -m pytest -m 'not vm' -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(DEB12_PY) -m pytest -m 'not vm' -q -p no:cacheprovider --ignore=tests/packaging $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest -m 'not vm' $(PYTEST_ARGS)
