@@ -1,9 +1,11 @@
 # ccidgadget — developer entry points.  Every target does its own set-up.
 #
 #   make test    all tests: unit, property/fuzz (bounded), and end-to-end in a QEMU guest
+#                (first the unit suite on Debian 12's own python3-cryptography 38.0.4: make test-deb12)
 #   make demo    the daemon on its default emulated card, and what the host side sees
 #   make bench   speed and memory figures
 #   make fuzz    a long coverage-guided fuzzing run
+#   make deb     build/deb/ccidgadget_VERSION_all.deb (Debian 12 / Raspberry Pi OS, every architecture), lintian
 #   make install / make uninstall   (see docs/service.md)
 
 PYTHON ?= python3
@@ -14,9 +16,10 @@ PYTEST_ARGS ?=
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libaio1 libpcsclite-dev libsystemd-dev \
 	qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 usbutils \
 	pcscd libccid opensc pcsc-tools vsmartcard-vpcd vsmartcard-vpicc python3-virtualsmartcard \
-	yubico-piv-tool libnss3-tools openssl openssh-client systemd
+	yubico-piv-tool libnss3-tools openssl openssh-client systemd \
+	python3-cryptography python3-pyscard python3-systemd groff-base debhelper dh-python lintian
 
-.PHONY: deps venv vm test test-unit test-vm demo bench fuzz clean
+.PHONY: deps venv vm test test-unit test-vm test-deb12 deb demo bench fuzz clean
 
 # System packages (Debian 12).  Skipped quietly when everything is there.
 deps:
@@ -39,8 +42,32 @@ venv: deps $(PY)
 vm: deps
 	$(PYTHON) -m tests.vm.testbed prepare
 
-test: venv vm
+test: venv vm test-deb12
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit suite on what Debian 12 / Raspberry Pi OS bookworm ship: Debian's /usr/bin/python3 with
+# python3-cryptography (38.0.4: no PyPI wheels for 32-bit ARM), python3-pyscard and python3-systemd,
+# in a --system-site-packages venv that adds only what Debian lacks (functionfs, libaio, ioctl-opt,
+# pytest, hypothesis) from PyPI.  pip resolving pyproject's requirements against Debian's versions is
+# part of the check; the versions actually imported are checked before the run.  tests/packaging runs
+# /usr/bin/python3 itself and builds the .deb: once, in the main run.
+DEB12_VENV ?= .cache/deb12-venv
+DEB12_PY   := $(DEB12_VENV)/bin/python
+DEBIAN_CRYPTOGRAPHY ?= 38.0.4
+
+$(DEB12_PY): pyproject.toml
+	/usr/bin/python3 -m venv --system-site-packages $(DEB12_VENV)
+	$(DEB12_PY) -m pip install -q -e '.[test,pcsc,systemd]'
+	@touch $(DEB12_PY)
+
+test-deb12: deps $(DEB12_PY)
+	$(DEB12_PY) -c 'import sys, cryptography, smartcard, systemd; \
+		print("Debian 12 run: cryptography", cryptography.__version__, "from", cryptography.__file__); \
+		mods = (cryptography, smartcard, systemd); \
+		bad = [m.__name__ for m in mods if not m.__file__.startswith("/usr/lib/python3/dist-packages/")]; \
+		sys.exit(f"not Debian'"'"'s: {bad}" if bad else \
+			 None if cryptography.__version__ == "$(DEBIAN_CRYPTOGRAPHY)" else "expected $(DEBIAN_CRYPTOGRAPHY)")'
+	$(DEB12_PY) -m pytest -m 'not vm' -q -p no:cacheprovider --ignore=tests/packaging $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest -m 'not vm' $(PYTEST_ARGS)
@@ -56,6 +83,11 @@ bench: venv vm
 
 fuzz: venv
 	$(PY) scripts/fuzz.py --long
+
+# The Debian package (debian/, scripts/build_deb.py): Debian's python3-cryptography/pyscard/systemd,
+# python-functionfs, python-libaio and ioctl-opt shipped inside; lintian's verdict is printed.
+deb: deps
+	$(SYS_PYTHON) scripts/build_deb.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .hypothesis
@@ -73,6 +105,11 @@ MODULES_CONF ?= /etc/modules-load.d/ccidgadget.conf
 BIN_LINK    ?= /usr/local/bin/ccidgadget
 SYS_PYTHON  ?= /usr/bin/python3
 ENABLE      ?= 0
+# pip comes from Debian's python3-pip through --system-site-packages (no ensurepip: minutes on a Pi Zero).
+# PIP_INSTALL_ARGS: e.g. --no-index --find-links=DIR on a board without network; PIP_PACKAGE: what to
+# install, this checkout by default, or a wheel built from it (tests/e2e/test_package.py does both).
+PIP_INSTALL_ARGS ?=
+PIP_PACKAGE ?= .
 RUNTIME_APT := python3-venv python3-pip python3-systemd python3-pyscard python3-cryptography pcscd
 
 .PHONY: install uninstall
@@ -84,8 +121,8 @@ install:
 	dpkg-query -W -f='$${Status}\n' $$aio 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$aio"; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
-	test -x $(INSTALL_DIR)/venv/bin/python || $(SYS_PYTHON) -m venv --system-site-packages $(INSTALL_DIR)/venv
-	$(INSTALL_DIR)/venv/bin/python -m pip install -q --upgrade .
+	test -x $(INSTALL_DIR)/venv/bin/python || $(SYS_PYTHON) -m venv --system-site-packages --without-pip $(INSTALL_DIR)/venv
+	$(INSTALL_DIR)/venv/bin/python -m pip install -q --upgrade $(PIP_INSTALL_ARGS) $(PIP_PACKAGE)
 	install -d -m 0755 $(INSTALL_DIR)/docs
 	install -m 0644 docs/service.md $(INSTALL_DIR)/docs/service.md
 	ln -sfn $(INSTALL_DIR)/venv/bin/ccidgadget $(BIN_LINK)

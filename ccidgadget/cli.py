@@ -31,7 +31,7 @@ from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError
 log = logging.getLogger("ccidgadget")
 
 #: Verbs that are not the daemon itself.
-VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup")
+VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup", "doctor")
 
 #: Exit status for a configuration or usage error (argparse uses it too).
 EXIT_CONFIG = 2
@@ -82,7 +82,8 @@ def daemon_parser() -> argparse.ArgumentParser:
                     "Settings come from the configuration file; options given here override it.",
         epilog="Other commands: 'ccidgadget status|insert|remove|reload|check-config|cleanup --help' "
                "(the running daemon, see docs/service.md), 'ccidgadget card --help' (provision emulated cards), "
-               "'ccidgadget vpcd-card --help' (serve an emulated card to a local pcscd through vsmartcard's vpcd).",
+               "'ccidgadget vpcd-card --help' (serve an emulated card to a local pcscd through vsmartcard's vpcd), "
+               "'ccidgadget doctor' (check the board's set-up, with the fix for each problem).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--version", action="version", version=f"ccidgadget {__version__}")
@@ -339,4 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_check_config(argv[1:])
     if argv and argv[0] == "cleanup":
         return run_cleanup(argv[1:])
+    if argv and argv[0] == "doctor":
+        from .doctor import main_doctor
+        return main_doctor(argv[1:])
     return run_daemon(argv)

@@ -78,7 +78,7 @@ class Card:
 
 def provision(card: Card):
     """Management key auth, RSA-2048 in 9A and P-256 in 9D, PIN verified; returns the public keys."""
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from ccidgadget.cryptocompat import TripleDES
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
 

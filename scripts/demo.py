@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""`make demo`: the daemon on its default emulated card, and the host's view of it.
+"""`make demo`: the daemon on its default emulated card, and what a user gains from it on the host.
+
+The USB and PC/SC view (descriptors, reader, ATR), then a key generated on the card, a
+signature made by the card and verified with openssl, and the card's key as ssh lists it
+(OpenSC's PKCS#11 module); gpg --card-status once the OpenPGP card exists.
 
 Where this machine has a UDC (dummy_hcd loaded, root) the demo runs here;
 otherwise it boots the QEMU guest of tests/vm/testbed.py and runs there, the
@@ -10,15 +14,21 @@ libccid, OpenSC) being the host.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GADGETS = Path("/sys/kernel/config/usb_gadget")
+
+sys.path.insert(0, str(REPO))
+from ccidgadget.options import CARD_TYPES  # noqa: E402
+
+#: the OpenPGP card (another work item) is shown once it exists
+OPENPGP = "openpgp" in CARD_TYPES
 
 
 def have_gadget_stack() -> bool:
@@ -53,12 +63,61 @@ def wait_for(cond, timeout: float, what: str):
     raise SystemExit(f"demo: {what} did not happen within {timeout} s")
 
 
+PKCS11 = next((str(p) for p in Path("/usr/lib").glob("*/opensc-pkcs11.so")), "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
+#: the PIV card's factory defaults (SP 800-73-4 leaves them to the issuer; these are YubiKey's)
+PIN, MGM_KEY = "123456", "010203040506070801020304050607080102030405060708"
+
+
+def card_demo(work: Path, reader_index: str) -> None:
+    """What a user gains: a key made on the card, a signature made by the card, an ssh key."""
+    os.chdir(work)              # the files below (9a.pub, message.sig...) are made here
+    section("generate a key ON THE CARD (slot 9A, ECC P-256; the private key never leaves the board)")
+    show(f"yubico-piv-tool -r ccidgadget -k{MGM_KEY} -a generate -s 9a -A ECCP256 -o 9a.pub")
+    show("cat 9a.pub")
+    section("a certificate for it (OpenSSL issues it over the card's public key), stored on the card")
+    show(f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
+         f"-out ca.crt -subj '/CN=demo CA' -days 30 2>/dev/null && openssl x509 -in ca.crt -noout -subject")
+    show(f"openssl x509 -new -force_pubkey 9a.pub -subj '/CN=ccidgadget demo' -CA ca.crt "
+         f"-CAkey ca.key -days 30 -out 9a.crt && "
+         f"yubico-piv-tool -r ccidgadget -k{MGM_KEY} -a import-certificate -s 9a -i 9a.crt")
+    section("sign on the board (PKCS#11 through OpenSC), verify on the host with openssl")
+    show(f"echo 'signed by the card inside the board' > message.txt; "
+         f"pkcs11-tool --module {PKCS11} --login --pin {PIN} --sign -m ECDSA-SHA256 --signature-format openssl "
+         f"--id 01 -i message.txt -o message.sig 2>&1 | tail -1")
+    out = show(f"openssl dgst -sha256 -verify 9a.pub -signature message.sig message.txt")
+    if "Verified OK" not in out:
+        raise SystemExit("demo: the card's signature did not verify")
+    section("the card's key for ssh (add it to ~/.ssh/authorized_keys on a server; log in with "
+            f"ssh -I {PKCS11} user@server)")
+    out = show(["ssh-keygen", "-D", PKCS11])
+    if "ecdsa-sha2-nistp256" not in out:
+        raise SystemExit("demo: ssh-keygen -D did not list the card's key")
+    show(["pkcs15-tool", "--reader", reader_index, "--list-public-keys"])
+    # --- OPENPGP: when the OpenPGP card lands (CARD_TYPES gains "openpgp"), the demo starts a
+    # --- second slot with it (guest_demo) and this shows what gpg sees; until then it says so.
+    section("OpenPGP card: gpg --card-status")
+    if OPENPGP:
+        gnupg = work / "gnupg"
+        gnupg.mkdir(mode=0o700, exist_ok=True)
+        (gnupg / "scdaemon.conf").write_text("disable-ccid\npcsc-shared\nreader-port ccidgadget\n")
+        show(f"GNUPGHOME={gnupg} gpg --card-status", timeout=60)
+        show(f"GNUPGHOME={gnupg} gpgconf --kill all")
+    else:
+        print("(not yet: the OpenPGP card is being built; then `gpg --card-status` shows it here)")
+
+
 def guest_demo() -> int:
-    state = Path(os.environ.get("CCIDGADGET_DEMO_STATE", "/tmp/ccidgadget-demo-state"))
-    log_path = Path(os.environ.get("CCIDGADGET_VM_OUT", "/tmp")) / "demo-daemon.log"
-    section("start the daemon: ccidgadget --card emulated")
+    work = Path(tempfile.mkdtemp(prefix="ccidgadget-demo-"))
+    state = Path(os.environ.get("CCIDGADGET_DEMO_STATE") or work / "state")
+    log_path = Path(os.environ.get("CCIDGADGET_VM_OUT", str(work))) / "demo-daemon.log"
+    # OpenSC caches card files by serial number; a fresh demo card must not meet an old cache
+    (work / "opensc.conf").write_text("app default {\n  framework pkcs15 {\n    use_file_caching = no;\n  }\n}\n")
+    os.environ["OPENSC_CONF"] = str(work / "opensc.conf")
+    cards = ["--card", "emulated"] + (["--card", "emulated", "--type", "openpgp"] if OPENPGP else [])
+    section(f"start the daemon: ccidgadget {' '.join(cards)}")
+    t0 = time.monotonic()
     log = open(log_path, "w")
-    daemon = subprocess.Popen([sys.executable, "-m", "ccidgadget", "--card", "emulated",
+    daemon = subprocess.Popen([sys.executable, "-m", "ccidgadget", *cards,
                                "--state-dir", str(state), "--log-level", "info"],
                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -82,32 +141,32 @@ def guest_demo() -> int:
                           if "ccidgadget" in line and line.split()[0].isdigit()), "0")
             show(["opensc-tool", "--reader", index, "--atr"])
             show(["opensc-tool", "--reader", index, "--name"])
-            show(["pkcs15-tool", "--reader", index, "--dump"], timeout=120)
-            if shutil.which("yubico-piv-tool"):
-                show(["yubico-piv-tool", "-r", "ccidgadget", "-a", "status"], timeout=120)
+            show(["yubico-piv-tool", "-r", "ccidgadget", "-a", "status"], timeout=120)
+            card_demo(work, index)
         finally:
             pcscd.terminate()
             pcscd.wait(timeout=10)
         section("daemon log")
-        print(log_path.read_text()[-3000:])
+        print(log_path.read_text()[-2000:])
     finally:
         daemon.send_signal(signal.SIGTERM)
         rc = daemon.wait(timeout=30)
         section(f"daemon stopped (exit {rc}); configfs afterwards")
         show("ls /sys/kernel/config/usb_gadget/")
+    print(f"\ndemo: {time.monotonic() - t0:.0f} s from the daemon's start to its stop", flush=True)
     return rc
 
 
 def main() -> int:
     if "--guest" in sys.argv or have_gadget_stack():
         return guest_demo()
-    sys.path.insert(0, str(REPO))
     from tests.vm import testbed
 
     print("demo: this machine has no USB device controller; booting the QEMU guest (about 10 s)...", flush=True)
     result = testbed.run([sys.executable, str(Path(__file__).resolve()), "--guest"], timeout=600,
                          cwd=REPO, stream=None)
     print(result.output)
+    print(f"demo: {result.duration:.0f} s of guest wall time (boot included)", flush=True)
     if not result.ok:
         print(result.describe(tail=60), file=sys.stderr)
         return 1

@@ -109,6 +109,25 @@ def _pytest_args(module: str, junit: str) -> list[str]:
     return ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"tests/e2e/{module}", f"--junitxml={junit}"]
 
 
+def _host_prepare(module: str) -> None:
+    """``VM_HOST_PREPARE = "helpers_module:function"`` at the top level of an e2e module: run that
+    function of tests/e2e/helpers_module.py here before the guest boots (the guest has no network;
+    tests/e2e/test_package.py builds the .deb and a wheelhouse this way)."""
+    m = re.search(r"""^VM_HOST_PREPARE\s*=\s*["'](\w+):(\w+)["']""", (E2E_DIR / module).read_text(), re.M)
+    if not m:
+        return
+    name = f"ccidgadget_e2e_{m.group(1)}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, E2E_DIR / f"{m.group(1)}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    try:
+        getattr(sys.modules[name], m.group(2))()
+    except Exception as e:      # noqa: BLE001 - whatever failed, the module cannot run
+        pytest.fail(f"tests/e2e/{module}: host-side preparation {m.group(1)}.{m.group(2)}() failed: {e}",
+                    pytrace=False)
+
+
 def _guest_init(module: str) -> str:
     """PID 1 of the module's guest: ``VM_INIT = "systemd"`` at the top level of the module asks for
     systemd (tests/vm/systemd_guest.py); the default is the initramfs' busybox init."""
@@ -133,6 +152,7 @@ def test_e2e(module, tmp_path, request):
     out = tmp_path / "out"
     out.mkdir()
     env = {"CCIDGADGET_E2E": "1"}
+    _host_prepare(module)
     if _native_gadget_stack():
         p = subprocess.run([sys.executable, *_pytest_args(module, str(out / "junit.xml"))], cwd=REPO,
                            env={**os.environ, **env, "CCIDGADGET_VM_OUT": str(out)},
@@ -152,6 +172,8 @@ def test_e2e(module, tmp_path, request):
     command = shlex.join([sys.executable, *args]).replace("--junitxml=JUNIT", '--junitxml="$CCIDGADGET_VM_OUT/junit.xml"')
     res = testbed.run(command, timeout=TIMEOUT, env=env, cwd=REPO, out_dir=out, prepared=prepared,
                       init=_guest_init(module))
+    # the guest's wall time (QEMU start to exit), for the budgets; shown with -rP or -s
+    print(f"tests/e2e/{module}: {res.duration:.1f} s of guest wall time\n{_tail(res.output, 25)}")
     if res.returncode != 0:
         where = _keep_artifacts(out, module)
         output = res.output

@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..cryptocompat import not_valid_after
 from .iso7816 import ApduError
 from .keys import ALGORITHM, CardKey, KeyLoadError, load_key_and_cert
 from .pin import piv_pad
@@ -176,7 +177,7 @@ def show_card(directory: Path) -> dict:
         cert = objects.parse_certificate_object(s.objects.get(certificate_object_for(slot), b""))
         if cert is not None:
             info.update(subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
-                        not_after=cert.not_valid_after_utc.isoformat())
+                        not_after=not_valid_after(cert).isoformat())
         slots[f"{slot:02x}"] = info
     return {
         "type": "piv", "directory": str(card.store.directory), "serial": s.serial, "created": s.created,

@@ -30,7 +30,8 @@ from ..options import (CLI_KEYS, DAEMON_KEYS, DEFAULT_CONFIG_PATH, DEFAULT_RUNTI
                        slot_keys)
 from ..usb.gadget import ExtraFunction
 
-__all__ = ["CLI_KEYS", "ConfigError", "load", "parse", "apply_cli", "peek_runtime_dir"]
+__all__ = ["CLI_KEYS", "DEFAULT_CONFIG_PATH", "ConfigError", "DaemonOptions", "load", "parse", "apply_cli",
+           "peek_runtime_dir"]
 
 
 class ConfigError(Exception):

@@ -16,6 +16,7 @@ from ccidgadget.cards.piv import PivCard
 from ccidgadget.cards.piv.applet import ATR_HISTORICAL
 from ccidgadget.cards.storage import CardStore, StorageError
 from ccidgadget.cards.tlv import parse_dict, tlv, unwrap
+from ccidgadget.cryptocompat import verify_directly_issued_by
 
 from test_piv_support import DEFAULT_MGMT, PivClient, mgmt_cipher, pin_block
 
@@ -517,8 +518,8 @@ def test_attestation_chains_to_board_ca(host, card):
     ca = x509.load_der_x509_certificate(parse_dict(ca_obj)[0x70])
     assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ccidgadget attestation"
     assert cert.issuer == ca.subject
-    cert.verify_directly_issued_by(ca)
-    ca.verify_directly_issued_by(ca)
+    verify_directly_issued_by(cert, ca)
+    verify_directly_issued_by(ca, ca)
     assert cert.public_key().public_bytes(serialization.Encoding.X962,
                                           serialization.PublicFormat.UncompressedPoint) == point
     ext = {e.oid.dotted_string: e.value.value for e in cert.extensions}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ccidgadget.cards.tlv import parse_dict, tlv, unwrap
+from ccidgadget.cryptocompat import TripleDES
 
 DEFAULT_MGMT = bytes.fromhex("010203040506070801020304050607080102030405060708")
 

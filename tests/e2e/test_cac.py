@@ -44,6 +44,7 @@ from cryptography import x509
 from cac_helpers import run_status_word_checks, select_aid, verify_apdu, with_get_response
 from ccidgadget.cards.cac import CAC_LABELS, DEFAULT_PIN
 from ccidgadget.cards.cac.applets import pki_aid
+from ccidgadget.cryptocompat import verify_directly_issued_by
 
 PIN = DEFAULT_PIN
 WRONG_PIN = "87654321"
@@ -342,7 +343,7 @@ class CardChecks:
             if bed.cas[i] is not None:
                 # issued by QEMU's fake-smartcard-ca. Not `openssl verify`: ccid.rst's CA has no
                 # basicConstraints, and OpenSSL refuses it as a CA ("invalid CA certificate").
-                x509.load_der_x509_certificate(der.read_bytes()).verify_directly_issued_by(bed.cas[i])
+                verify_directly_issued_by(x509.load_der_x509_certificate(der.read_bytes()), bed.cas[i])
 
     def test_sign_verifies_with_openssl(self, bed):
         data = bed.work / "data"

@@ -359,7 +359,7 @@ class Piv:
         return apdu_hex(f"004700{slot:02X}", tlv(0xAC, tlv(0x80, bytes([alg]))))
 
     def authenticate_management(self) -> None:
-        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+        from ccidgadget.cryptocompat import TripleDES
         from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
         cipher = Cipher(TripleDES(MGM_KEY), modes.ECB())

@@ -300,7 +300,7 @@ class PivDriver(CardDriver):
 
     def authenticate(self, card) -> None:
         """Mutual authentication with the card's current management key (SP 800-73-4 Part 2 §3.2.4)."""
-        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+        from ccidgadget.cryptocompat import TripleDES
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
         from ccidgadget.cards.tlv import tlv, unwrap

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ccidgadget.cards.tlv import tlv, unwrap
+from ccidgadget.cryptocompat import TripleDES
 
 PIV_AID = bytes.fromhex("A00000030800001000")
 

@@ -20,11 +20,11 @@ import logging
 import os
 from pathlib import Path
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ...cryptocompat import TripleDES
 from ..applet import Applet, AppletCard
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
 from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey

@@ -36,7 +36,7 @@ class _Host:
         return out
 
     def authenticate(self) -> None:
-        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+        from ...cryptocompat import TripleDES
         from cryptography.hazmat.primitives.ciphers import Cipher, modes
         cipher = Cipher(TripleDES(DEFAULT_MANAGEMENT_KEY), modes.ECB())
         witness = unwrap(unwrap(self.send(0x87, 0x03, 0x9B, tlv(0x7C, tlv(0x80))), 0x7C), 0x80)

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from ...cryptocompat import not_valid_after
 from ..iso7816 import SW, ApduError
 from ..keys import CardKey
 from ..tlv import parse_dict, tlv
@@ -111,7 +112,7 @@ def make_attestation(attestation_key: CardKey, attestation_cert: x509.Certificat
     .3.7 (serial, INTEGER), .3.8 (PIN policy, touch policy), .3.9 (form factor).
     """
     now = _now()
-    not_after = attestation_cert.not_valid_after_utc
+    not_after = not_valid_after(attestation_cert)
     serial_der = _der_integer(serial)
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
