@@ -34,6 +34,7 @@ from typing import Callable
 
 from .. import __version__
 from ..cards.base import Card, EmulatedCard
+from ..cards.vault import VaultOptions
 from ..ccid import ReaderConfig
 from ..usb.gadget import ConfigfsGadget, ExtraFunction, GadgetError, Identity
 from .control import ControlError, ControlServer
@@ -58,6 +59,7 @@ class DaemonOptions:
     log_level: str = "info"
     control_group: str | None = None         # None: the control socket is root-only (0600)
     control_socket: bool = True              # False: no control socket (embedding, tests)
+    vault: VaultOptions = field(default_factory=VaultOptions)   # emulated cards' keys at rest
 
     @property
     def shared_gadget(self) -> bool:
@@ -265,7 +267,8 @@ class Daemon:
     async def _replace_slot(self, slot: int, spec: SlotSpec, state_dir: Path) -> None:
         """Swap one slot's card engine while the reader stays on the bus."""
         try:
-            card = build_card(spec, slot, state_dir, shared_gadget=self.options.shared_gadget)
+            card = build_card(spec, slot, state_dir, shared_gadget=self.options.shared_gadget,
+                              vault=self.options.vault)
         except Exception as e:
             raise ControlError(f"slot {slot} not replaced: cannot build its {spec.engine} card: {e}") from None
         service = self.service
@@ -369,7 +372,7 @@ class Daemon:
         opts = self.options
         loop = asyncio.get_running_loop()
         self.state = "starting"
-        cards = [build_card(spec, slot, opts.state_dir, shared_gadget=opts.shared_gadget)
+        cards = [build_card(spec, slot, opts.state_dir, shared_gadget=opts.shared_gadget, vault=opts.vault)
                  for slot, spec in enumerate(opts.slots)]
         config = ReaderConfig(slots=len(cards))
         if opts.max_message_length:

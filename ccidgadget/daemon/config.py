@@ -7,6 +7,8 @@ Layout (etc/ccidgadget.toml.example documents every key):
     [daemon]    state_dir, runtime_dir, log_level, control_group
     [[slot]]    engine and the engine's keys (the fields of SlotSpec), one table per slot, in slot order
     [[function]] kind = "acm" | "ncm" | "ecm" | "rndis", name, attributes: kernel functions sharing the gadget
+    [vault]     kdf_log2_n, kdf_r, kdf_p, device_secret, device_secret_path, tpm_tcti, migration_backup
+                (emulated cards' keys at rest; validated by cards/vault.py `options_from_table`)
 
 Every command-line option of the daemon has a key here with the same default
 (`CLI_KEYS` is the map, and a test holds the two together); an option given on
@@ -33,6 +35,7 @@ from typing import Any
 from ..ccid.config import DEFAULT_MAX_MESSAGE_LENGTH, MAX_MAX_MESSAGE_LENGTH, MIN_MAX_MESSAGE_LENGTH
 from ..ccid.constants import MAX_SLOTS
 from ..usb.gadget import DEFAULT_PRESET, KERNEL_FUNCTIONS, PRESETS, ExtraFunction, Identity
+from ..cards.vault import VaultOptions, options_from_table
 from .engines import EMULATED_TYPES, ENGINES, EngineError, SlotSpec, parse_listen
 
 DEFAULT_PATH = Path("/etc/ccidgadget/ccidgadget.toml")
@@ -100,6 +103,7 @@ class Config:
     control_group: str | None = None
     slots: list[SlotSpec] = field(default_factory=lambda: [SlotSpec()])
     functions: list[ExtraFunction] = field(default_factory=list)
+    vault: VaultOptions = field(default_factory=VaultOptions)
     #: Where this came from, for messages: a path or "built-in defaults".
     source: str = "built-in defaults"
 
@@ -122,7 +126,7 @@ class Config:
                              max_message_length=self.max_message_length,
                              extra_functions=[dataclasses.replace(f, attributes=dict(f.attributes))
                                               for f in self.functions],
-                             log_level=self.log_level, control_group=self.control_group)
+                             log_level=self.log_level, control_group=self.control_group, vault=self.vault)
 
 
 # -- reading ----------------------------------------------------------------------
@@ -275,13 +279,16 @@ class _Validator:
     # -- sections -------------------------------------------------------------
     def config(self, data: dict) -> Config:
         cfg = Config(source=self.source)
-        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function"), "")
+        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function", "vault"), "")
         gadget = self.table("gadget", data.get("gadget", {}))
         if gadget is not None:
             self.gadget(cfg, gadget)
         daemon = self.table("daemon", data.get("daemon", {}))
         if daemon is not None:
             self.daemon(cfg, daemon)
+        vault = self.table("vault", data.get("vault", {}))
+        if vault is not None:
+            cfg.vault = options_from_table(vault, self.error)
         if "slot" in data:
             slots = self.array_of_tables("slot", data["slot"])
             if slots is not None:

@@ -25,6 +25,16 @@ class EngineError(Exception):
     """A slot cannot be built as specified (message says why and what is allowed)."""
 
 
+try:
+    from ..cards.storage import StorageError as _StorageError
+except ImportError:      # pragma: no cover
+    _StorageError = Exception
+
+
+class CardStateError(EngineError, _StorageError):
+    """An emulated card's state cannot be used (unsafe, tampered, bound to another device secret)."""
+
+
 @dataclass
 class SlotSpec:
     """One slot as the CLI or the configuration file describes it."""
@@ -86,28 +96,26 @@ def _read_secret(path: str | None, what: str) -> str | None:
         raise EngineError(f"{what} {path}: {e.strerror}") from None
 
 
-def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: bool = False) -> Card:
+def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: bool = False, vault=None) -> Card:
     """Construct the engine for one slot.
 
     `shared_gadget`: other slots or functions live on the same USB device, so a
     VSCard reader cannot come and go with its client; it stays attached with
     an empty slot instead (QEMU's detach-on-ReaderRemove needs a gadget of its own).
+    `vault`: cards.vault.VaultOptions for emulated cards' keys at rest (None: defaults).
     """
     spec.validate()
+    if spec.engine == "emulated" and spec.type != "iso":
+        from ..cards.device_secret import DeviceSecretError
+        from ..cards.storage import StorageError
+        from ..cards.vault import DEFAULT_OPTIONS
+        try:
+            return _build_emulated(spec, slot, state_dir, vault or DEFAULT_OPTIONS)
+        except (StorageError, DeviceSecretError) as e:   # a tampered state is refused, never used
+            raise CardStateError(f"slot {slot}: {e}") from None
     if spec.engine == "emulated":
-        card_dir = Path(state_dir) / "cards" / (spec.name or f"slot{slot}-{spec.type}")
-        if spec.type == "iso":
-            from ..cards.iso import IsoCard
-            return IsoCard(inserted=spec.inserted)
-        if spec.type == "piv":
-            from ..cards.piv import PivCard
-            return PivCard.from_directory(card_dir, inserted=spec.inserted)
-        if spec.type == "cac":
-            from ..cards.cac import CacCard
-            # Secrets come from files (0600), never from the command line where `ps` shows them.
-            return CacCard.from_sources(card_dir, certs=spec.certs, db=spec.db, inserted=spec.inserted,
-                                        pin=_read_secret(spec.pin_file, "pin_file"),
-                                        db_password=_read_secret(spec.db_password_file, "db_password_file"))
+        from ..cards.iso import IsoCard
+        return IsoCard(inserted=spec.inserted)
     listen = parse_listen(spec.listen) if spec.listen else DEFAULT_LISTEN.get(spec.engine)
     if spec.engine == "passthru":
         from ..passthrough.vscard_server import VSCardServerCard
@@ -120,3 +128,15 @@ def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: boo
         from ..passthrough.pcsc import PcscCard
         return PcscCard(spec.reader, exclusive=spec.exclusive)
     raise EngineError(f"unknown engine {spec.engine!r}")
+
+
+def _build_emulated(spec: SlotSpec, slot: int, state_dir: Path, vault) -> Card:
+    card_dir = Path(state_dir) / "cards" / (spec.name or f"slot{slot}-{spec.type}")
+    if spec.type == "piv":
+        from ..cards.piv import PivCard
+        return PivCard.from_directory(card_dir, inserted=spec.inserted, options=vault)
+    from ..cards.cac import CacCard
+    # Secrets come from files (0600), never from the command line where `ps` shows them.
+    return CacCard.from_sources(card_dir, certs=spec.certs, db=spec.db, inserted=spec.inserted,
+                                pin=_read_secret(spec.pin_file, "pin_file"),
+                                db_password=_read_secret(spec.db_password_file, "db_password_file"), options=vault)

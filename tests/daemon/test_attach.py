@@ -36,7 +36,7 @@ def run_daemon(monkeypatch, tmp_path, slots, cards, body):
     monkeypatch.setattr(app, "ConfigfsGadget", FakeGadget)
     monkeypatch.setattr(function, "CCIDFunction", FakeFunction)
     made = iter(cards)
-    monkeypatch.setattr(app, "build_card", lambda spec, slot, state_dir, shared_gadget=False: next(made))
+    monkeypatch.setattr(app, "build_card", lambda spec, slot, state_dir, shared_gadget=False, vault=None: next(made))
     FakeGadget.created = []
     opts = DaemonOptions(slots=slots, identity=Identity(0x1209, 0x2702), runtime_dir=tmp_path / "run",
                          state_dir=tmp_path / "state", control_socket=False)

@@ -216,8 +216,8 @@ class PkiApplet(CacContainer):
     """One certificate and its RSA key (libcacard `cac_new_pki_applet_private`)."""
 
     def __init__(self, card: "CacCard", index: int, cert_der: bytes, key) -> None:
+        # `key` may be public only (keys.LockedCardKey): the private half comes from card.private_key().
         self.index = index
-        self.key = key
         self.key_bytes = key.key_size // 8
         coid = bytes((0x01, index))
         # CertInfo 00 = not compressed; MSCUID and the error detection code empty.
@@ -266,8 +266,9 @@ class PkiApplet(CacContainer):
         if len(block) != self.key_bytes:
             # libcacard: input must be exactly the modulus length (6984).
             raise ApduError(SW.REFERENCE_DATA_NOT_USABLE, "input is not one modulus-length block")
+        key = self.card.private_key(self.index)     # opened with the data key the PIN unlocked
         try:
-            return self.key.sign_raw_rsa(block)
+            return key.sign_raw_rsa(block)
         except ValueError:
             raise ApduError(SW.WRONG_DATA, "input is not smaller than the modulus") from None
 
