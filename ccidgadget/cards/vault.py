@@ -409,7 +409,7 @@ def save_migrated(store, document: dict, options: VaultOptions, what: str) -> No
         log.warning("%s: format 1 state (keys in clear) kept as %s at your request; delete it once the "
                     "converted card works", what, backup)
     store.save(document)
-    log.info("%s: state converted from format 1 (keys in clear) to format 2 (keys sealed); the old clear "
+    log.warning("%s: state converted from format 1 (keys in clear) to format 2 (keys sealed); the old clear "
              "text may survive on the medium's unused blocks", what)
 
 
