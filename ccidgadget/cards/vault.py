@@ -148,14 +148,14 @@ CONFIG_KEYS = ("kdf_log2_n", "kdf_r", "kdf_p", "device_secret", "device_secret_p
 def options_from_table(t: dict, error) -> VaultOptions:
     """VaultOptions from a [vault] table; every problem goes to ``error(key, message)``."""
     from .device_secret import KINDS
-    from .pin import SCRYPT_N, SCRYPT_P, SCRYPT_R
     opts = VaultOptions()
     for key in t:
         if key not in CONFIG_KEYS:
             error(f"vault.{key}", f"unknown key; allowed in [vault]: {', '.join(CONFIG_KEYS)}")
     ints = {}
-    for key, lo_hi, default in (("kdf_log2_n", KDF_LOG2_N_RANGE, SCRYPT_N.bit_length() - 1),
-                                ("kdf_r", KDF_R_RANGE, SCRYPT_R), ("kdf_p", KDF_P_RANGE, SCRYPT_P)):
+    # Missing keys take the documented defaults (those of pin.SCRYPT_N/R/P: 2^14, 8, 1).
+    for key, lo_hi, default in (("kdf_log2_n", KDF_LOG2_N_RANGE, 14), ("kdf_r", KDF_R_RANGE, 8),
+                                ("kdf_p", KDF_P_RANGE, 1)):
         value = t.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not lo_hi[0] <= value <= lo_hi[1]:
             error(f"vault.{key}", f"{value!r} is not allowed; allowed: an integer {lo_hi[0]}..{lo_hi[1]}")

@@ -753,3 +753,35 @@ def test_process_is_not_dumpable_and_keys_sit_in_locked_pages(tmp_path):
     s.wipe()
     with pytest.raises(ValueError):
         s.value()
+
+
+# -- the offline tools ----------------------------------------------------------------------------------
+def test_card_commands_read_the_vault_configuration(tmp_path, capsys):
+    from ccidgadget.cards.provision import main_card
+    secret = tmp_path / "keys" / "device.key"
+    secret.parent.mkdir()
+    assert main_card(["new-device-secret", "--file", str(secret)]) == 0
+    assert "device secret written to" in capsys.readouterr().out and secret.stat().st_mode & 0o777 == 0o600
+    conf = tmp_path / "ccidgadget.toml"
+    conf.write_text(f'[vault]\ndevice_secret = "file"\ndevice_secret_path = "{secret}"\n')
+    d = tmp_path / "card"
+    assert main_card(["create", "--dir", str(d), "--config", str(conf), "--pin", PIN, "--puk", PUK,
+                      "--kdf-log2-n", "10"]) == 0
+    doc = json.loads((d / "state.json").read_text())
+    assert doc["vault"]["device"]["kind"] == "file" and doc["pin"]["kdf"]["n"] == 1024
+    assert main_card(["show", "--dir", str(d)]) == 1                      # no configuration: refused
+    assert "bound to device secret 'file'" in capsys.readouterr().err
+    assert main_card(["generate", "--dir", str(d), "--config", str(conf), "--slot", "9a",
+                      "--algorithm", "eccp256"]) == 0
+    assert main_card(["change-pin", "--dir", str(d), "--config", str(conf), "--old", PIN, "--new", "12344321"]) == 0
+    assert main_card(["show", "--dir", str(d), "--config", str(conf), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"9a"' in out and PIN not in out
+    options = VaultOptions(device_secret="file", device_secret_path=str(secret))
+    card = PivCard.open(CardStore(d, options.device()), options=options)
+    card.reset()
+    h = PivClient(card)
+    h.select()
+    assert h.verify("12344321") == 0x9000 and _sign_9a(card) == 0x9000
+    assert main_card(["create", "--dir", str(tmp_path / "c2"), "--kdf-log2-n", "9"]) == 1
+    assert "2^10" in capsys.readouterr().err
