@@ -148,6 +148,8 @@ class PivApplet(Applet):
             log.error("PIV card state not saved (%s); command refused, card state unchanged", e)
             raise ApduError(SW.MEMORY_FAILURE) from None
         self.card.state = new_state
+        if self.card.session is None:
+            self.card.lock()        # a key generated or imported while locked leaves memory once sealed
 
     def _persist_current(self) -> None:
         self.card.store.save(self.state.to_dict())
@@ -565,9 +567,17 @@ class PivApplet(Applet):
         if not (self.state.pin.blocked and self.state.puk.blocked):
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
         old = self.state
-        fresh = PivState.new(serial=old.serial, attestation=(old.keys[SLOT.ATTESTATION],
-                                                             old.objects[OBJECT_ID.YUBICO_ATTESTATION]),
-                             device=old.vault.device, kdf=self.card.options.kdf)
+        attestation = None
+        entry = old.keys.get(SLOT.ATTESTATION)
+        try:
+            # Kept across the reset, sealed again for the new vault (F9 is PIN policy NEVER: always open).
+            attestation = (SlotKey(entry.private(old.vault, self.card.session), entry.pin_policy,
+                                   entry.touch_policy, entry.origin), old.objects[OBJECT_ID.YUBICO_ATTESTATION])
+        except (AttributeError, KeyError, PermissionError, StorageError) as e:
+            log.warning("PIV card %d reset: the attestation key cannot be kept (%s); a new one is made",
+                        old.serial, e)
+        fresh = PivState.new(serial=old.serial, attestation=attestation, device=old.vault.device,
+                             kdf=self.card.options.kdf)
         self.clear_security_status()
         self._commit(fresh)
         log.warning("PIV card %d reset: keys, certificates and objects erased; PIN, PUK and management "

@@ -237,10 +237,6 @@ class PivState:
             cert = objects.make_attestation_ca(key, serial)
             attestation = (SlotKey(key, PIN_POLICY.NEVER, TOUCH_POLICY.NEVER, ORIGIN.GENERATED),
                            objects.make_certificate_object(cert.public_bytes(serialization.Encoding.DER)))
-        else:       # kept across a Yubico RESET: sealed again for the new vault
-            old = attestation[0]
-            attestation = (SlotKey(old.private(vault, None) if old._clear is None else old._clear,
-                                   old.pin_policy, old.touch_policy, old.origin), attestation[1])
         state.keys[SLOT.ATTESTATION] = attestation[0]
         state.objects[OBJECT_ID.YUBICO_ATTESTATION] = attestation[1]
         return state
