@@ -180,6 +180,8 @@ def run_daemon(argv: list[str]) -> int:
     daemon = Daemon(cfg, notifier=Notifier(), loader=lambda: load_config(args))   # reload re-reads the same sources
     setup_logging(cfg.log_level, engine_of=daemon.engine_of)
     log.info("ccidgadget %s starting (configuration: %s)", __version__, cfg.source, extra={"event": "start"})
+    from .cards.secmem import harden_process
+    harden_process()            # no core dump of unlocked card keys (cards/secmem.py)
     try:
         return asyncio.run(daemon.run())
     except (GadgetError, EngineError) as e:

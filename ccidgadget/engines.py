@@ -33,6 +33,12 @@ class CardContext:
     #: Other slots or functions share the USB device: a VSCard reader cannot come and go with its client
     #: (QEMU's detach-on-ReaderRemove needs a gadget of its own), it stays attached with an empty slot.
     shared_gadget: bool = False
+    #: emulated cards' keys at rest ([vault]: cards.vault.VaultOptions); None: the defaults
+    vault: object | None = None
+
+    def vault_options(self):
+        from .cards.vault import DEFAULT_OPTIONS
+        return self.vault or DEFAULT_OPTIONS
 
     def card_dir(self, spec: SlotSpec) -> Path:
         """An emulated card's state directory: STATE_DIR/cards/NAME (default slotN-TYPE)."""

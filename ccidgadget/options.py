@@ -315,6 +315,8 @@ class DaemonOptions:
     # [[slot]], [[function]]
     slots: list[SlotSpec] = field(default_factory=lambda: [SlotSpec()])
     functions: list[ExtraFunction] = field(default_factory=list)
+    # [vault]: emulated cards' keys at rest (cards.vault.VaultOptions); None: the defaults
+    vault: object | None = None
     #: False: no control socket (embedding, tests)
     control_socket: bool = True
     #: where this came from, for messages: a path or "built-in defaults"

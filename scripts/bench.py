@@ -34,6 +34,7 @@ def main() -> int:
     piv = REPO / "ccidgadget" / "cards" / "piv" / "bench.py"
     if piv.exists():
         rc |= run([sys.executable, "-m", "ccidgadget.cards.piv.bench"])
+    rc |= run([sys.executable, str(SCRIPTS / "bench_vault.py")])      # VERIFY, format 1 vs 2 (keys at rest)
     latency = REPO / "tests" / "passthrough" / "bench_latency.py"
     if latency.exists():
         rc |= run([sys.executable, str(latency)])

@@ -156,6 +156,7 @@ class EmulatedCard(Card):
         self._set_present(self._inserted_at_start)
 
     async def stop(self) -> None:
+        self._power_lost()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # Simulated insertion/removal (control socket, tests).
@@ -165,6 +166,15 @@ class EmulatedCard(Card):
     def remove(self) -> None:
         self._powered = False
         self._set_present(False)
+        self._power_lost()
+
+    def _power_lost(self) -> None:
+        # Deactivation (ISO 7816-3 §6.4) loses what a card holds in RAM: PIN verified, and with it
+        # an unlocked data key (cards/vault.py).  Queued behind any command still running.
+        try:
+            self._executor.submit(self.reset)
+        except RuntimeError:            # executor already shut down
+            pass
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -178,6 +188,7 @@ class EmulatedCard(Card):
 
     async def power_off(self) -> None:
         self._powered = False
+        self._power_lost()
 
     async def transmit(self, apdu: bytes) -> bytes:
         if not self.present:

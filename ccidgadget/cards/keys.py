@@ -126,8 +126,13 @@ class CardKey:
             key = x25519.X25519PrivateKey.generate()
         return cls(key, alg)
 
+    def to_der(self) -> bytes:
+        """Unencrypted PKCS#8 DER: what cards/vault.py seals."""
+        return self.private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption())
+
     def to_pem(self) -> bytes:
-        """Unencrypted PKCS#8 PEM (the state directory's permissions protect it)."""
+        """Unencrypted PKCS#8 PEM (for export by tools; card states hold keys sealed, cards/vault.py)."""
         if self._pem is None:
             self._pem = self.private_key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -270,6 +275,23 @@ class CardKey:
         return self.private_key.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(peer)))
 
 
+class LockedCardKey:
+    """The public half of a sealed private key: all a locked card can use (metadata, attestation)."""
+
+    __slots__ = ("public_key", "algorithm")
+
+    def __init__(self, public_key) -> None:
+        self.public_key = public_key
+        self.algorithm = algorithm_of(public_key)
+
+    def __repr__(self) -> str:
+        return f"LockedCardKey({self.algorithm.name})"
+
+    key_size = CardKey.key_size
+    public_point = CardKey.public_point
+    matches = CardKey.matches
+
+
 #: DER DigestInfo prefixes (RFC 8017 §9.2 note 1) by hash.
 _DIGEST_INFO_PREFIXES = {
     bytes.fromhex("3021300906052b0e03021a05000414"): hashes.SHA1,
@@ -406,5 +428,5 @@ def check_certificate_matches(key: CardKey, cert: x509.Certificate) -> None:
         raise KeyLoadError("the certificate does not belong to the key")
 
 
-__all__ = ["ALGORITHM", "CardKey", "KeyBundle", "KeyLoadError", "algorithm_of", "load_key_and_cert",
+__all__ = ["ALGORITHM", "CardKey", "LockedCardKey", "KeyBundle", "KeyLoadError", "algorithm_of", "load_key_and_cert",
            "check_certificate_matches", "public_key_der"]

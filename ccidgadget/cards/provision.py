@@ -7,6 +7,12 @@ sub-command registered by `add_card_subcommands(subparsers)`; the CLI calls
 These commands edit the card directory directly: stop the daemon (or remove
 the card from its slot) first, or the daemon's next save overwrites the
 change.  PINs, PUKs and management keys are never logged or printed.
+
+They read the daemon's configuration (``--config``, default
+/etc/ccidgadget/ccidgadget.toml when it exists) for its ``[vault]`` keys: the
+device secret a card is bound to and the scrypt cost of new PIN wraps
+(``--kdf-log2-n`` overrides it).  Keys imported or generated offline are
+sealed to the card key without the PIN, as the card itself does.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from .piv.constants import (DEFAULT_MANAGEMENT_ALGORITHM, DEFAULT_MANAGEMENT_KEY
                             KEY_SLOTS, MANAGEMENT_ALGORITHM, OBJECT_ID, ORIGIN, PIN_POLICY, SLOT, TOUCH_POLICY,
                             certificate_object_for, default_pin_policy)
 from .piv.state import SlotKey
+from .device_secret import DeviceSecretError
 from .storage import CardStore, StorageError
+from .vault import DEFAULT_OPTIONS, KdfParams, VaultOptions
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +86,19 @@ def parse_subject(text: str) -> x509.Name:
         raise ProvisionError(f"bad subject {text!r}: {e}") from None
 
 
-def _open(directory: Path) -> PivCard:
-    store = CardStore(Path(directory))
+def _store(directory: Path, options: VaultOptions) -> CardStore:
+    try:
+        return CardStore(Path(directory), options.device())
+    except DeviceSecretError as e:
+        raise ProvisionError(str(e)) from None
+
+
+def _open(directory: Path, options: VaultOptions = DEFAULT_OPTIONS) -> PivCard:
+    store = _store(directory, options)
     if not store.exists():
         raise ProvisionError(f"no card in {directory} (create one with `ccidgadget card create`)")
     try:
-        return PivCard.open(store, inserted=False)
+        return PivCard.open(store, inserted=False, options=options)
     except StorageError as e:
         raise ProvisionError(str(e)) from None
 
@@ -101,10 +116,10 @@ def _save(card: PivCard, new_state) -> None:
 def create_card(directory: Path, *, pin: str = DEFAULT_PIN, puk: str = DEFAULT_PUK,
                 mgmt_key: bytes = DEFAULT_MANAGEMENT_KEY,
                 mgmt_alg: MANAGEMENT_ALGORITHM = DEFAULT_MANAGEMENT_ALGORITHM,
-                serial: int | None = None) -> PivCard:
+                serial: int | None = None, options: VaultOptions = DEFAULT_OPTIONS) -> PivCard:
     try:
-        return PivCard.create(CardStore(Path(directory)), pin=pin, puk=puk, mgmt_key=mgmt_key,
-                              mgmt_alg=mgmt_alg, serial=serial, inserted=False)
+        return PivCard.create(_store(directory, options), pin=pin, puk=puk, mgmt_key=mgmt_key,
+                              mgmt_alg=mgmt_alg, serial=serial, inserted=False, options=options)
     except FileExistsError as e:
         raise ProvisionError(str(e)) from None
     except (ValueError, StorageError) as e:
@@ -117,9 +132,10 @@ def _policies(slot: int, pin_policy: PIN_POLICY | None, touch: TOUCH_POLICY | No
 
 
 def import_key(directory: Path, slot: int, path: Path, *, password: str | None = None,
-               pin_policy: PIN_POLICY | None = None, touch_policy: TOUCH_POLICY | None = None) -> SlotKey:
+               pin_policy: PIN_POLICY | None = None, touch_policy: TOUCH_POLICY | None = None,
+               options: VaultOptions = DEFAULT_OPTIONS) -> SlotKey:
     """Put a key (and its certificate, if the file has one) into `slot`."""
-    card = _open(directory)
+    card = _open(directory, options)
     try:
         bundle = load_key_and_cert(path, password)
     except KeyLoadError as e:
@@ -137,9 +153,9 @@ def import_key(directory: Path, slot: int, path: Path, *, password: str | None =
 
 def generate_key(directory: Path, slot: int, algorithm: ALGORITHM, *, subject: str | None = None,
                  csr_out: Path | None = None, days: int = 365, pin_policy: PIN_POLICY | None = None,
-                 touch_policy: TOUCH_POLICY | None = None) -> SlotKey:
+                 touch_policy: TOUCH_POLICY | None = None, options: VaultOptions = DEFAULT_OPTIONS) -> SlotKey:
     """Generate a key in `slot`; store a self-signed certificate, or write a CSR to `csr_out`."""
-    card = _open(directory)
+    card = _open(directory, options)
     name = parse_subject(subject or f"/CN=ccidgadget {slot:02x}")
     if algorithm == ALGORITHM.X25519 and (csr_out is not None or subject is not None):
         raise ProvisionError("an X25519 key cannot sign a certificate or CSR (omit --subject/--csr)")
@@ -163,9 +179,9 @@ def generate_key(directory: Path, slot: int, algorithm: ALGORITHM, *, subject: s
     return entry
 
 
-def show_card(directory: Path) -> dict:
+def show_card(directory: Path, options: VaultOptions = DEFAULT_OPTIONS) -> dict:
     """What is on the card (no secrets: no PIN, PUK, management key or private key)."""
-    card = _open(directory)
+    card = _open(directory, options)
     s = card.state
     slots = {}
     for slot in sorted(set(s.keys) | {sl for sl in KEY_SLOTS if certificate_object_for(sl) in s.objects}):
@@ -189,16 +205,19 @@ def show_card(directory: Path) -> dict:
     }
 
 
-def change_pin(directory: Path, old: str, new: str, *, which: str = "pin") -> None:
-    """Offline CHANGE REFERENCE DATA: the old value is checked with the retry counter, as on the card."""
-    card = _open(directory)
+def change_pin(directory: Path, old: str, new: str, *, which: str = "pin",
+               options: VaultOptions = DEFAULT_OPTIONS) -> None:
+    """Offline CHANGE REFERENCE DATA: the old value is checked with the retry counter, as on the card.
+
+    The data key the old value opens is wrapped under the new one (nothing else changes)."""
+    card = _open(directory, options)
     try:
         old_block, new_block = piv_pad(old), piv_pad(new)
     except ValueError as e:
         raise ProvisionError(str(e)) from None
     slot = card.state.pin if which == "pin" else card.state.puk
     try:
-        slot.verify(old_block, lambda: card.store.save(card.state.to_dict()))
+        dek = slot.verify(old_block, lambda: card.store.save(card.state.to_dict()), which.upper())
     except ApduError as e:
         if e.sw == 0x6983:
             raise ProvisionError(f"the {which.upper()} is blocked") from None
@@ -207,7 +226,7 @@ def change_pin(directory: Path, old: str, new: str, *, which: str = "pin") -> No
         raise ProvisionError(str(e)) from None
     new_state = card.state.clone()
     target = new_state.pin if which == "pin" else new_state.puk
-    target.set(new_block, is_default=new_block == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK))
+    target.set(new_block, is_default=new_block == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK), dek=dek)
     _save(card, new_state)
 
 
@@ -247,11 +266,32 @@ def _cmd(fn):
     return run
 
 
+def vault_options(args) -> VaultOptions:
+    """The [vault] keys of the configuration (``--config``), with ``--kdf-log2-n`` over them."""
+    from ..daemon import config as daemon_config
+    try:
+        cfg = daemon_config.load(getattr(args, "config", None))
+    except daemon_config.ConfigError as e:
+        raise ProvisionError(f"configuration: {e}") from None
+    options = cfg.vault or DEFAULT_OPTIONS
+    log2_n = getattr(args, "kdf_log2_n", None)
+    if log2_n is not None:
+        try:
+            kdf = KdfParams(1 << log2_n, *(((options.kdf.r, options.kdf.p)) if options.kdf else ()))
+        except ValueError as e:
+            raise ProvisionError(f"--kdf-log2-n {log2_n}: {e}") from None
+        options = VaultOptions(kdf=kdf, device_secret=options.device_secret,
+                               device_secret_path=options.device_secret_path, tpm_tcti=options.tpm_tcti,
+                               migration_backup=options.migration_backup)
+    return options
+
+
 @_cmd
 def _create(args) -> None:
     key = bytes.fromhex(args.mgmt_key) if args.mgmt_key else DEFAULT_MANAGEMENT_KEY
     card = create_card(args.dir, pin=args.pin or DEFAULT_PIN, puk=args.puk or DEFAULT_PUK, mgmt_key=key,
-                       mgmt_alg=parse_management_algorithm(args.mgmt_alg), serial=args.serial)
+                       mgmt_alg=parse_management_algorithm(args.mgmt_alg), serial=args.serial,
+                       options=vault_options(args))
     print(f"created PIV card {card.state.serial} in {args.dir}")
 
 
@@ -259,7 +299,8 @@ def _create(args) -> None:
 def _import(args) -> None:
     entry = import_key(args.dir, parse_slot(args.slot), Path(args.file), password=args.password,
                        pin_policy=PIN_POLICY[args.pin_policy.upper()] if args.pin_policy else None,
-                       touch_policy=TOUCH_POLICY[args.touch_policy.upper()] if args.touch_policy else None)
+                       touch_policy=TOUCH_POLICY[args.touch_policy.upper()] if args.touch_policy else None,
+                       options=vault_options(args))
     print(f"imported {entry.key.algorithm.cli_name} key into slot {args.slot}")
 
 
@@ -268,14 +309,15 @@ def _generate(args) -> None:
     entry = generate_key(args.dir, parse_slot(args.slot), parse_algorithm(args.algorithm), subject=args.subject,
                          csr_out=Path(args.csr) if args.csr else None, days=args.days,
                          pin_policy=PIN_POLICY[args.pin_policy.upper()] if args.pin_policy else None,
-                         touch_policy=TOUCH_POLICY[args.touch_policy.upper()] if args.touch_policy else None)
+                         touch_policy=TOUCH_POLICY[args.touch_policy.upper()] if args.touch_policy else None,
+                         options=vault_options(args))
     print(f"generated {entry.key.algorithm.cli_name} key in slot {args.slot}"
           + (f"; CSR written to {args.csr}" if args.csr else "; self-signed certificate stored"))
 
 
 @_cmd
 def _show(args) -> None:
-    info = show_card(args.dir)
+    info = show_card(args.dir, vault_options(args))
     if args.json:
         import json
         print(json.dumps(info, indent=2))
@@ -288,8 +330,30 @@ def _change_pin(args) -> None:
     which = "puk" if args.puk else "pin"
     old = args.old if args.old is not None else _read_secret(f"current {which.upper()}: ")
     new = args.new if args.new is not None else _read_secret(f"new {which.upper()}: ")
-    change_pin(args.dir, old, new, which=which)
+    change_pin(args.dir, old, new, which=which, options=vault_options(args))
     print(f"{which.upper()} changed")
+
+
+@_cmd
+def _new_device_secret(args) -> None:
+    from .device_secret import create_file_secret
+    try:
+        secret = create_file_secret(args.file)
+    except (OSError, DeviceSecretError) as e:
+        raise ProvisionError(f"{args.file}: {getattr(e, 'strerror', None) or e}") from None
+    print(f"device secret written to {args.file} ({secret.fingerprint}); configure [vault] device_secret = "
+          f"\"file\", device_secret_path = \"{args.file}\" before creating cards")
+
+
+@_cmd
+def _tpm_seal(args) -> None:
+    from .device_secret import tpm_seal
+    try:
+        secret = tpm_seal(args.dir, tcti=args.tcti)
+    except DeviceSecretError as e:
+        raise ProvisionError(str(e)) from None
+    print(f"TPM-sealed device secret in {args.dir} ({secret.fingerprint}); configure [vault] device_secret = "
+          f"\"tpm\", device_secret_path = \"{args.dir}\" before creating cards")
 
 
 def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
@@ -298,8 +362,14 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
                                  description=__doc__.split("\n\n")[0])
     sub = card.add_subparsers(dest="card_command", required=True, metavar="COMMAND")
     policies = [p.name.lower() for p in PIN_POLICY], [t.name.lower() for t in TOUCH_POLICY]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="configuration whose [vault] keys apply (default: "
+                                                    "/etc/ccidgadget/ccidgadget.toml if it exists)")
+    kdf = argparse.ArgumentParser(add_help=False)
+    kdf.add_argument("--kdf-log2-n", type=int, metavar="L",
+                     help="scrypt cost of the new PIN/PUK wraps: N = 2^L (default: [vault] kdf_log2_n, 14)")
 
-    p = sub.add_parser("create", help="create a PIV card directory")
+    p = sub.add_parser("create", help="create a PIV card directory", parents=[common, kdf])
     p.add_argument("--dir", type=Path, required=True, help="card state directory (created, mode 0700)")
     p.add_argument("--pin", help=f"initial PIN, 6-8 characters (default {DEFAULT_PIN})")
     p.add_argument("--puk", help=f"initial PUK, 6-8 characters (default {DEFAULT_PUK})")
@@ -308,7 +378,7 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--serial", type=int, help="card serial number (default: random 8 digits)")
     p.set_defaults(func=_create)
 
-    p = sub.add_parser("import", help="import a key (+ certificate) from PEM, DER or PKCS#12")
+    p = sub.add_parser("import", help="import a key (+ certificate) from PEM, DER or PKCS#12", parents=[common])
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--slot", required=True, help="9a, 9c, 9d, 9e or 82..95")
     p.add_argument("file")
@@ -317,7 +387,7 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--touch-policy", choices=policies[1])
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("generate", help="generate a key with a self-signed certificate or a CSR")
+    p = sub.add_parser("generate", help="generate a key with a self-signed certificate or a CSR", parents=[common])
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--slot", required=True)
     p.add_argument("--algorithm", required=True, help=", ".join(a.cli_name for a in ALGORITHM))
@@ -328,17 +398,26 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--touch-policy", choices=policies[1])
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("show", help="show the card (no secrets)")
+    p = sub.add_parser("show", help="show the card (no secrets)", parents=[common])
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_show)
 
-    p = sub.add_parser("change-pin", help="change the PIN (or PUK) offline; values from stdin unless given")
+    p = sub.add_parser("change-pin", help="change the PIN (or PUK) offline; values from stdin unless given", parents=[common, kdf])
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--puk", action="store_true", help="change the PUK instead of the PIN")
     p.add_argument("--old", help="current value (prefer standard input: options show in `ps`)")
     p.add_argument("--new", help="new value")
     p.set_defaults(func=_change_pin)
+
+    p = sub.add_parser("new-device-secret", help="write a new random device secret file (mode 0600)")
+    p.add_argument("--file", type=Path, required=True, help="where to write it (outside the state directory)")
+    p.set_defaults(func=_new_device_secret)
+
+    p = sub.add_parser("tpm-seal", help="seal a new random device secret with this board's TPM 2.0")
+    p.add_argument("--dir", type=Path, required=True, help="directory for seal.pub and seal.priv")
+    p.add_argument("--tcti", help="TPM2TOOLS_TCTI (default: tpm2-tools' own, /dev/tpmrm0)")
+    p.set_defaults(func=_tpm_seal)
     return card
 
 

@@ -14,12 +14,16 @@ state, never a mixture.  An I/O failure (ENOSPC, EROFS, EIO...) raises
 `StorageError`; cards answer 6581 (memory failure) and keep their previous
 in-memory state.
 
-The document is ``{"format": "ccidgadget-card", "version": 1, "type": ..., ...}``;
+The document is ``{"format": "ccidgadget-card", "version": 2, "type": ..., ...}``;
 the card type owns everything after the header.  Bytes are stored as base64
-(`b64e` / `b64d`).  The directory contains private keys in clear: its
-permissions are the protection, and `load()` checks them (group/other bits
-are removed with a warning; a directory or file owned by another user is
-refused).
+(`b64e` / `b64d`).  In format 2 secrets are sealed (cards/vault.py) and a
+document with a ``vault`` section carries a ``mac`` over everything else,
+computed and checked here with the device secret the store was given; a
+mismatch is an `IntegrityError` and the document is not used.  Format 1
+(keys in clear) is still read, so that the card can convert it
+(`backup_before_migration` keeps a copy when the user asks for one).  The
+permissions are checked by `load()` as before (group/other bits are removed
+with a warning; a directory or file owned by another user is refused).
 """
 
 from __future__ import annotations
@@ -38,14 +42,21 @@ from .base import CardSetupError
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "ccidgadget-card"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions `load()` returns: 1 only so that the card types can migrate it.
+READ_VERSIONS = (1, 2)
 STATE_FILE = "state.json"
+BACKUP_SUFFIX = ".v1.bak"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
 class StorageError(CardSetupError):
     """The card state could not be read or written."""
+
+
+class IntegrityError(StorageError):
+    """The card state, or a sealed part of it, failed its integrity check: it is not used."""
 
 
 def b64e(data: bytes) -> str:
@@ -62,9 +73,12 @@ def b64d(text: str) -> bytes:
 class CardStore:
     """The state directory of one card."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, device=None) -> None:
+        from .device_secret import NO_DEVICE_SECRET
         self.directory = Path(directory)
         self.path = self.directory / STATE_FILE
+        #: The device secret that keys the document MAC (device_secret.DeviceSecret).
+        self.device = device if device is not None else NO_DEVICE_SECRET
 
     def __repr__(self) -> str:
         return f"CardStore({str(self.directory)!r})"
@@ -89,9 +103,13 @@ class CardStore:
         if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
             raise StorageError(f"{self.path} is not a ccidgadget card state")
         version = state.get("version")
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise StorageError(f"{self.path} has format version {version!r}; "
-                               f"this ccidgadget reads version {FORMAT_VERSION}")
+                               f"this ccidgadget reads versions {', '.join(map(str, READ_VERSIONS))}")
+        if version >= 2 and ("vault" in state or "mac" in state):
+            from .vault import check_document
+            check_document(self.device, state, self.path)
+            state = {k: v for k, v in state.items() if k != "mac"}
         return state
 
     def _check_permissions(self) -> None:
@@ -122,11 +140,27 @@ class CardStore:
     def save(self, state: dict) -> None:
         """Atomically replace the stored state with `state` (plus the format header)."""
         document = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-        document.update({k: v for k, v in state.items() if k not in ("format", "version")})
+        document.update({k: v for k, v in state.items() if k not in ("format", "version", "mac")})
         try:
+            if "vault" in document:
+                from .vault import document_mac
+                document["mac"] = document_mac(self.device, document)
             data = json.dumps(document, indent=1, sort_keys=True).encode("utf-8") + b"\n"
         except (TypeError, ValueError) as e:   # a bug in the card's serialiser
             raise StorageError(f"card state is not serialisable: {e}") from e
+        self._write(self.path, data)
+
+    def backup_before_migration(self) -> Path:
+        """Copy the format-1 state.json to state.json.v1.bak (atomically, 0600) and return its path."""
+        target = self.path.with_name(STATE_FILE + BACKUP_SUFFIX)
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise StorageError(f"cannot read {self.path}: {_describe(e)}") from e
+        self._write(target, data)
+        return target
+
+    def _write(self, path: Path, data: bytes) -> None:
         self._ensure_directory()
         tmp_name = None
         try:
@@ -140,11 +174,11 @@ class CardStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp_name, self.path)
+            os.replace(tmp_name, path)
             tmp_name = None
             self._fsync_directory()
         except OSError as e:
-            raise StorageError(f"cannot write {self.path}: {_describe(e)}") from e
+            raise StorageError(f"cannot write {path}: {_describe(e)}") from e
         finally:
             if tmp_name is not None:
                 try:

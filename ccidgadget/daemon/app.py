@@ -308,7 +308,7 @@ class Daemon:
 
     @staticmethod
     def _context(slot: int, opts: DaemonOptions) -> CardContext:
-        return CardContext(slot=slot, state_dir=opts.state_dir, shared_gadget=opts.shared_gadget)
+        return CardContext(slot=slot, state_dir=opts.state_dir, shared_gadget=opts.shared_gadget, vault=opts.vault)
 
     async def _build_cards(self, opts: DaemonOptions) -> list[Card]:
         cards: list[Card] = []

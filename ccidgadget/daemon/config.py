@@ -7,6 +7,8 @@ Layout (etc/ccidgadget.toml.example documents every key):
     [daemon]    state_dir, runtime_dir, log_level, control_group
     [[slot]]    engine and the engine's keys (the fields of options.SlotSpec), one table per slot, in slot order
     [[function]] kind = "acm" | "ncm" | "ecm" | "rndis", name, attributes: kernel functions sharing the gadget
+    [vault]     kdf_log2_n, kdf_r, kdf_p, device_secret, device_secret_path, tpm_tcti, migration_backup
+                (emulated cards' keys at rest; validated by cards/vault.py `options_from_table`)
 
 The result is an `options.DaemonOptions`, whose defaults are the built-in ones.  This module checks what
 only a file can get wrong (unknown keys, value types, TOML itself); the rules on values (allowed names,
@@ -185,7 +187,7 @@ class _Reader:
     # -- sections -------------------------------------------------------------
     def options(self, data: dict) -> DaemonOptions:
         opts = DaemonOptions(source=self.source)
-        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function"), "")
+        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function", "vault"), "")
         for section, keys, checkers in (("gadget", GADGET_KEYS, self._GADGET), ("daemon", DAEMON_KEYS, self._DAEMON)):
             table = self.table(section, data.get(section, {}))
             if table is None:
@@ -196,6 +198,11 @@ class _Reader:
                     value = check(self, f"{section}.{key}", table[key])
                     if value is not None:
                         setattr(opts, _ATTRIBUTE.get(f"{section}.{key}", key), value)
+        if "vault" in data:
+            vault = self.table("vault", data["vault"])
+            if vault is not None:
+                from ..cards.vault import options_from_table     # cryptography: only for a [vault] table
+                opts.vault = options_from_table(vault, self.error)
         if "slot" in data:
             slots = self.array_of_tables("slot", data["slot"])
             if slots is not None:

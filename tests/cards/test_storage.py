@@ -19,7 +19,7 @@ def test_roundtrip_and_modes(tmp_path):
     assert stat.S_IMODE(os.stat(store.directory).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     state = store.load()
-    assert state["format"] == "ccidgadget-card" and state["version"] == 1
+    assert state["format"] == "ccidgadget-card" and state["version"] == storage.FORMAT_VERSION == 2
     assert b64d(state["blob"]) == b"\x00\xff"
     assert [p.name for p in store.directory.iterdir()] == ["state.json"]
 

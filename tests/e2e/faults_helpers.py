@@ -549,3 +549,19 @@ class ForkedClient:
         if self.pipe is not None:
             os.close(self.pipe)
             self.pipe = None
+
+
+# --------------------------------------------------------------------------- format 1 card states
+
+def format_1_piv_card(directory: Path, scrypt_n: int = 2 ** 14) -> dict:
+    """Write a format 1 PIV state (keys in clear) as ccidgadget wrote it before issue 13
+    (tests/cards/v1_states.py); returns its keys and secrets for the checks after a conversion."""
+    import sys
+    cards_tests = str(Path(__file__).resolve().parents[1] / "cards")
+    if cards_tests not in sys.path:
+        sys.path.insert(0, cards_tests)
+    import v1_states
+    made = v1_states.piv_v1(directory, kdf={"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1})
+    made.update(pin=v1_states.PIN, puk=v1_states.PUK, mgmt=v1_states.MGMT)
+    return made
+

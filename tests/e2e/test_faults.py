@@ -8,7 +8,10 @@ hundreds of times) and, where it is cheap, by pcscd + libccid + pyscard.
 - host resets, deauthorises and re-probes the device 50 times while a thread keeps APDUs in flight;
 - the UDC is unbound and rebound 50 times behind the daemon's back (FunctionFS UNBIND/BIND);
 - VSCard and vpcd clients are SIGKILLed mid-APDU 50 times each;
-- kill -9 of the daemon during PIN changes and key generations: the card is the old or the new one;
+- kill -9 of the daemon during PIN changes and key generations: the card is the old or the new one
+  (format 2: the PIN change rewraps the data key, the new key is sealed);
+- kill -9 of the daemon while it converts a format 1 state (keys in clear) to format 2: the file is
+  the old or the new one, and the card works after the restart with the same keys and PIN;
 - a full and a read-only state directory during state writes: 6581 to the host, the reason in the
   log, the state file untouched;
 - 1,000 network client cycles and 100 host re-enumerations with flat RSS and fd counts;
@@ -37,8 +40,8 @@ from pathlib import Path
 
 from faults_helpers import (CLIENT_ATR, ICC_ABSENT, PC_TO_RDR_XFR_BLOCK, RDR_TO_PC_DATA_BLOCK, CcidDevice,
                             Figures, ForkedClient, authorize_cycle, ccid_message, daemon_status, driver_rebind,
-                            find_ccid, report, usb_device_reset, vpcd_connect, vpcd_frame, vsc_connect,
-                            wait_ccid)
+                            find_ccid, format_1_piv_card, report, usb_device_reset, vpcd_connect, vpcd_frame,
+                            vsc_connect, wait_ccid)
 
 from ccidgadget.cards.iso import ISO_APPLET_AID
 
@@ -494,9 +497,10 @@ def test_kill_9_during_pin_changes_and_key_generation(daemon, tmp_path, e2e):
             time.sleep(rng.uniform(0, 1.2 * statistics.mean(durations[kind][-3:])))
             os.kill(d.pid, signal.SIGKILL)
             d.proc.wait()
-        # whatever the moment, the file on disk is a whole state (old or new)
+        # whatever the moment, the file on disk is a whole state (old or new), sealed (format 2)
         state = json.loads((card_dir / "state.json").read_text())
-        assert state["format"] == "ccidgadget-card" and state["type"] == "piv"
+        assert state["format"] == "ccidgadget-card" and state["type"] == "piv" and state["version"] == 2
+        assert "pem" not in json.dumps(state["keys"]) and "mac" in state
         wait_gone(30)
         d = daemon("--state-dir", str(state_dir))
     leftovers = sorted(p.name for p in card_dir.iterdir() if p.name != "state.json")
@@ -505,6 +509,53 @@ def test_kill_9_during_pin_changes_and_key_generation(daemon, tmp_path, e2e):
            f"op times pin {statistics.mean(durations['pin']):.2f} s, keygen {statistics.mean(durations['keygen']):.2f} s; "
            f"files left in the card directory: {leftovers}")
     assert not [p for p in leftovers if not p.startswith(".state.json.")], leftovers
+
+
+def test_kill_9_during_migration_from_format_1(daemon, tmp_path, e2e):
+    """The daemon converts a format 1 card at start (one atomic rename); SIGKILL at random moments around
+    it leaves the old file or the new one, and the next start converts or opens it: same keys, same PIN."""
+    seed = int(os.environ.get("CCIDGADGET_FAULT_SEED", time.time()))
+    rng = random.Random(seed)
+    outcomes: collections.Counter[str] = collections.Counter()
+    convert_time = None
+    t0 = time.monotonic()
+    for rnd in range(7):
+        state_dir = tmp_path / f"state{rnd}"
+        card_dir = state_dir / "cards" / "slot0-piv"
+        made = format_1_piv_card(card_dir)
+        original = (card_dir / "state.json").read_bytes()
+        start = time.monotonic()
+        d = daemon("--state-dir", str(state_dir))
+        if convert_time is None:        # the first round measures when the converted file appears
+            e2e.wait_until(lambda: json.loads((card_dir / "state.json").read_text())["version"] == 2, 120,
+                           what="the format 1 state converted")
+            convert_time = time.monotonic() - start
+        else:
+            time.sleep(rng.uniform(0.2, 1.4) * convert_time)
+        os.kill(d.pid, signal.SIGKILL)
+        d.proc.wait()
+        now = (card_dir / "state.json").read_bytes()
+        doc = json.loads(now)
+        assert now == original or (doc["version"] == 2 and "mac" in doc), "neither the old nor the new state"
+        outcomes["old" if now == original else "new"] += 1
+        assert not [p.name for p in card_dir.iterdir() if p.name != "state.json" and not p.name.startswith(".state.json.")]
+        wait_gone(30)
+        d = daemon("--state-dir", str(state_dir))
+        d.wait_bound(120)
+        assert json.loads((card_dir / "state.json").read_text())["version"] == 2
+        with CcidDevice() as dev:
+            piv = Piv(dev)
+            alg, public = piv.metadata_public_key(0x9A)
+            n = made["keys"][0x9A].public_key().public_numbers().n
+            assert alg == 0x06 and int.from_bytes(tlv_parse(public)[0x81], "big") == n, "9A is not the old key"
+            sign_9e = apdu_hex("0087119E", tlv(0x7C, tlv(0x82, b"") + tlv(0x81, os.urandom(32))))
+            assert piv.sw(sign_9e)[1] == 0x9000                          # 9E (PIN policy never): no PIN
+            assert piv.verify(made["pin"]) == 0x9000
+            piv.check_private_key(alg, public)
+        d.stop()
+        wait_gone(30)
+    report(f"kill -9 during migration (seed {seed}): {sum(outcomes.values())} kills in "
+           f"{time.monotonic() - t0:.0f} s, conversion {convert_time:.2f} s after start, file found {dict(outcomes)}")
 
 
 # --------------------------------------------------------------------------- full / read-only state directory

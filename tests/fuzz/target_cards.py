@@ -403,6 +403,7 @@ class CacDriver(CardDriver):
         # slot, given back fresh to each input; `reset()` clears the rest (VERIFY status,
         # selection, chaining, SIGN buffers) as a power cycle does.
         self.card = CacCard(self.creds, self.pin.copy(), card_id=self.card_id, store=self.store)
+        self.pin = self.card.pin.copy()               # the PIN slot that wraps this card's data key
         self.card.save()
         self.pristine_raw = self.store.raw
 

@@ -114,8 +114,13 @@ def test_piv_the_answer_is_what_compare_digest_says(piv, monkeypatch):
     card, client = piv
     spy_on(monkeypatch, pin_module, result=False)
     assert verify(client, PIN) == 0x63C2                 # the right PIN is refused when the primitive says no
+    # Format 2: a "yes" for a wrong PIN no longer unlocks the card: the data key wrap, opened with the
+    # key derived from the same PIN, is a second, cryptographic check (6581: integrity, counter not restored).
     spy_on(monkeypatch, pin_module, result=True)
-    assert verify(client, "00000000") == 0x9000          # and a wrong one accepted when it says yes
+    assert verify(client, "00000000") == 0x6581
+    assert client.send(0x20, 0x00, 0x80)[1] == 0x63C1 and card.session is None
+    spy_on(monkeypatch, pin_module, result=None)
+    assert verify(client, PIN) == 0x9000 and card.session is not None
 
 
 def test_piv_management_key_witness_compared_with_compare_digest(piv, monkeypatch):

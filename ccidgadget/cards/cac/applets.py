@@ -35,13 +35,16 @@ from . import simpletlv as stlv
 
 class CardSide(Protocol):
     """What a CAC applet may ask of its card (card.py implements it): nothing more, so applets never reach
-    into the card's state, and this module does not depend on card.py."""
+    into the card's state or vault, and this module does not depend on card.py."""
 
     def card_command(self, cmd: CommandAPDU) -> bytes:
         """The commands every applet accepts (VERIFY, GET CHALLENGE), answered card-wide."""
 
     def require_pin(self) -> None:
         """Return if the PIN has been verified in this card session, else raise ApduError 6982."""
+
+    def private_key(self, index: int):
+        """The private key of PKI applet `index` (keys.CardKey), opened from the vault: 6982 while locked."""
 
 
 GSC_RID = bytes.fromhex("A000000079")          # DoD CAC registered application provider
@@ -225,8 +228,8 @@ class PkiApplet(CacContainer):
     """One certificate and its RSA key (libcacard `cac_new_pki_applet_private`)."""
 
     def __init__(self, card: CardSide, index: int, cert_der: bytes, key) -> None:
+        # `key` may be public only (keys.LockedCardKey): the private half comes from card.private_key().
         self.index = index
-        self.key = key
         self.key_bytes = key.key_size // 8
         coid = bytes((0x01, index))
         # CertInfo 00 = not compressed; MSCUID and the error detection code empty.
@@ -275,8 +278,9 @@ class PkiApplet(CacContainer):
         if len(block) != self.key_bytes:
             # libcacard: input must be exactly the modulus length (6984).
             raise ApduError(SW.REFERENCE_DATA_NOT_USABLE, "input is not one modulus-length block")
+        key = self.card.private_key(self.index)     # opened with the data key the PIN unlocked
         try:
-            return self.key.sign_raw_rsa(block)
+            return key.sign_raw_rsa(block)
         except ValueError:
             raise ApduError(SW.WRONG_DATA, "input is not smaller than the modulus") from None
 

@@ -19,9 +19,17 @@ signs without one.  We keep a real PIN with a retry counter (3 tries, then
   virt_cacard), and a password-protected database needs `db_password`.
 
 The PIN is 4 to 8 characters, what OpenSC's cac PKCS#15 emulator allows
-(pkcs15-cac.c: min 4, max 8, padded with FF).  The stored hash and counter
+(pkcs15-cac.c: min 4, max 8, padded with FF).  The stored verifier and counter
 survive restarts; a different `pin` on a later start replaces the PIN and
-resets the counter (the configuration is the administrator's).
+resets the counter (the configuration is the administrator's): the card then
+gets a new data key and its keys are sealed again from their sources.
+
+Keys at rest (cards/vault.py): the three private keys are sealed to the card
+key, whose private half is under the data key the PIN wraps; a VERIFY opens
+it, a card reset or power-off drops it (GSC-IS 2.1 §5.2: the PIN state does
+not survive a reset).  The certificates and key files or NSS database the
+card is built from are the administrator's to protect; the state directory
+holds no key in clear.
 """
 
 from __future__ import annotations
@@ -34,9 +42,13 @@ from cryptography import x509
 
 from ..applet import AppletCard
 from ..iso7816 import SW, ApduError, CommandAPDU
-from ..keys import CardKey, KeyLoadError
+from cryptography.hazmat.primitives import hashes, serialization
+
+from ..device_secret import NO_DEVICE_SECRET
+from ..keys import CardKey, KeyLoadError, LockedCardKey
 from ..pin import PinSlot
-from ..storage import CardStore, StorageError, b64d, b64e
+from ..storage import CardStore, IntegrityError, StorageError, b64d, b64e
+from ..vault import DEFAULT_OPTIONS, CardVault, VaultOptions, save_migrated
 from .aca import AcaApplet
 from .applets import (ACF_AID, CARD_ID_LEN, GSC_RID, INS, CacContainer, PkiApplet, ccc_applet, empty_applet)
 from .material import CAC_LABELS, CacCredential, CacMaterialError, load_cac_material
@@ -52,6 +64,7 @@ PIN_TRIES = 3
 #: OpenSC also lists it in piv_atrs, so the PIV driver probes first and steps aside (6A82).
 CAC_ATR = bytes.fromhex("3B7A18000073667465206364313434")
 CHALLENGE_LEN = 8          # card-cac.c `cac_get_challenge`: "CAC requires 8 byte response"
+PIN_LABEL = "cac/pin"
 
 
 def _pin_bytes(pin: str) -> bytes:
@@ -63,11 +76,36 @@ def _pin_bytes(pin: str) -> bytes:
 
 
 def _credentials_from_state(state: dict) -> list[CacCredential]:
+    """Format 2: certificates and sealed keys; format 1: certificates and PEM keys in clear."""
     try:
-        return [CacCredential(x509.load_der_x509_certificate(b64d(c["cert"])), CardKey.from_pem(c["key"]),
-                              c.get("source", "state")) for c in state["credentials"]]
+        if state.get("version", 2) == 1:
+            return [CacCredential(x509.load_der_x509_certificate(b64d(c["cert"])), CardKey.from_pem(c["key"]),
+                                  c.get("source", "state")) for c in state["credentials"]]
+        return [CacCredential(x509.load_der_x509_certificate(b64d(c["cert"])), None, c.get("source", "state"),
+                              sealed=dict(c["sealed"])) for c in state["credentials"]]
     except (KeyError, TypeError, ValueError, KeyLoadError) as e:
         raise StorageError(f"malformed CAC card state: {e}") from None
+
+
+def _key_label(index: int, cert_der: bytes) -> str:
+    # The certificate's hash is associated data: a sealed key opens only next to its certificate.
+    h = hashes.Hash(hashes.SHA256())
+    h.update(cert_der)
+    return f"cac/key/{index};cert={h.finalize()[:16].hex()}"
+
+
+def _vault_and_pin(state: dict, device, pin_value: bytes | None) -> tuple[CardVault | None, PinSlot, bool]:
+    """(vault, PIN slot, migrated) from a stored state; vault None when the card must be sealed anew."""
+    if state.get("version", 2) == 1:
+        vault, dek = CardVault.new(device)
+        slot = PinSlot.from_dict(state["pin"], device=device, aad=vault.aad(PIN_LABEL))
+        slot.upgrade(dek)
+        return vault, slot, True
+    vault = CardVault.from_dict(state["vault"], device)
+    slot = PinSlot.from_dict(state["pin"], device=device, aad=vault.aad(PIN_LABEL))
+    if slot.legacy or slot.wrap is None:
+        raise StorageError("malformed CAC card state: a format 2 PIN record without its data key wrap")
+    return vault, slot, False
 
 
 class CacCard(AppletCard):
@@ -79,13 +117,31 @@ class CacCard(AppletCard):
                            INS.GET_CHALLENGE})
 
     def __init__(self, credentials: list[CacCredential], pin: PinSlot, *, card_id: bytes,
-                 store: CardStore | None = None, inserted: bool = True) -> None:
+                 store: CardStore | None = None, inserted: bool = True, vault: CardVault | None = None) -> None:
         self.credentials = list(credentials)
         self.pin = pin
         self.card_id = card_id
         self.store = store
         self.verified = False
-        self.pki = [PkiApplet(self, i, c.cert_der, c.key) for i, c in enumerate(self.credentials)]
+        self.session = None
+        if vault is None:
+            # A new card (or one whose PIN the configuration replaced): a new data key, wrapped under the
+            # key-encryption key that PinSlot.new()/set() derived from the PIN.
+            device = store.device if store is not None else NO_DEVICE_SECRET
+            vault, dek = CardVault.new(device)
+            pin.device, pin.aad = device, vault.aad(PIN_LABEL)
+            pin.wrap_data_key(dek)
+            del dek
+        self.vault = vault
+        self._open_keys: dict[int, CardKey] = {i: c.key for i, c in enumerate(self.credentials) if c.key is not None}
+        self._sealed: dict[int, dict] = {i: c.sealed for i, c in enumerate(self.credentials) if c.sealed is not None}
+        for i, c in enumerate(self.credentials):
+            if i not in self._sealed:
+                if c.key is None:
+                    raise StorageError(f"CAC credential {c.source}: neither a key nor a sealed key")
+                self._sealed[i] = vault.seal(c.key.to_der(), _key_label(i, c.cert_der))
+        self.pki = [PkiApplet(self, i, c.cert_der, c.key or LockedCardKey(c.certificate.public_key()))
+                    for i, c in enumerate(self.credentials)]
         applets: list = list(self.pki)
         applets.append(AcaApplet(self, len(self.pki)))
         applets.append(ccc_applet(self, card_id, len(self.pki)))
@@ -106,7 +162,7 @@ class CacCard(AppletCard):
     @classmethod
     def from_sources(cls, state_dir: Path, *, certs: list[str], db: str | None = None,
                      pin: str | None = None, db_password: str | None = None,
-                     inserted: bool = True) -> "CacCard":
+                     inserted: bool = True, options: VaultOptions = DEFAULT_OPTIONS) -> "CacCard":
         """Load three certificates (nicknames in `db`, or files) and the card state in `state_dir`.
 
         Raises CacMaterialError (bad input, with a message for the user) or
@@ -114,52 +170,103 @@ class CacCard(AppletCard):
         """
         pin_value = _pin_bytes(pin) if pin is not None else None
         password = db_password if db_password is not None else pin
-        store = CardStore(Path(state_dir))
+        store = CardStore(Path(state_dir), options.device())
         state = store.load() if store.exists() else None
         if state is not None and state.get("type") != STATE_TYPE:
             raise StorageError(f"{store.directory} holds a {state.get('type')!r} card, not a CAC card")
-        known = {}
-        if state is not None and db is not None:
-            # Certificates already in the state need no slow key export from NSS.
-            known = {c.cert_der: c for c in _credentials_from_state(state)}
-        credentials = load_cac_material(certs, db, password=password, known=known)
-
+        kdf = options.kdf.to_dict() if options.kdf is not None else None
+        vault, migrated, known = None, False, {}
         changed = state is None
         if state is not None:
             card_id = b64d(state["card_id"])
-            slot = PinSlot.from_dict(state["pin"])
+            vault, slot, migrated = _vault_and_pin(state, store.device, pin_value)
             if pin_value is not None and not slot.matches(pin_value):
-                log.info("CAC PIN set from the configuration; retry counter reset")
-                slot.set(pin_value)
+                # The data key is wrapped under the old PIN, which we do not know: a new data key, and the
+                # keys sealed again from their sources (the configuration is the administrator's).
+                log.info("CAC PIN set from the configuration; retry counter reset, keys sealed again")
+                vault, migrated = None, False
+                slot = PinSlot.new(pin_value, max_tries=slot.max_tries, device=store.device, kdf=kdf)
                 changed = True
-            if [c.get("cert") for c in state.get("credentials", [])] != [b64e(c.cert_der) for c in credentials]:
-                log.info("CAC certificates changed since the last start; storing the new ones")
-                changed = True
+            else:
+                # Certificates already in the state need no slow key export from NSS, nor a new seal.
+                known = {c.cert_der: c for c in _credentials_from_state(state)}
         else:
             card_id = secrets.token_bytes(CARD_ID_LEN)
             slot = PinSlot.new(pin_value or DEFAULT_PIN.encode(), max_tries=PIN_TRIES,
-                               is_default=pin_value is None)
-        card = cls(credentials, slot, card_id=card_id, store=store, inserted=inserted)
-        if changed:
+                               is_default=pin_value is None, device=store.device, kdf=kdf)
+        slot.next_kdf = kdf
+        loaded = load_cac_material(certs, db, password=password, known=known if db is not None else None)
+        credentials = []
+        for c in loaded:
+            stored = known.get(c.cert_der)
+            if stored is not None and stored.sealed is not None and c.sealed is None:
+                c = CacCredential(c.certificate, c.key, c.source, sealed=stored.sealed)
+            credentials.append(c)
+        if state is not None and [x.get("cert") for x in state.get("credentials", [])] != [
+                b64e(c.cert_der) for c in credentials]:
+            log.info("CAC certificates changed since the last start; storing the new ones")
+            changed = True
+        card = cls(credentials, slot, card_id=card_id, store=store, inserted=inserted, vault=vault)
+        if migrated:
+            save_migrated(store, card.to_state(), options, f"CAC card {card_id.hex()}")
+        elif changed:
             card.save()
         return card
 
     @classmethod
-    def from_state(cls, state_dir: Path | CardStore, *, inserted: bool = True) -> "CacCard":
+    def from_state(cls, state_dir: Path | CardStore, *, inserted: bool = True,
+                   options: VaultOptions = DEFAULT_OPTIONS) -> "CacCard":
         """Rebuild the card from its state directory (or store) alone (no NSS database needed)."""
-        store = state_dir if isinstance(state_dir, CardStore) else CardStore(Path(state_dir))
+        store = state_dir if isinstance(state_dir, CardStore) else CardStore(Path(state_dir), options.device())
         state = store.load()
         if state.get("type") != STATE_TYPE:
             raise StorageError(f"{store.directory} holds a {state.get('type')!r} card, not a CAC card")
-        return cls(_credentials_from_state(state), PinSlot.from_dict(state["pin"]), card_id=b64d(state["card_id"]), store=store,
-                   inserted=inserted)
+        try:
+            vault, slot, migrated = _vault_and_pin(state, store.device, None)
+            card = cls(_credentials_from_state(state), slot, card_id=b64d(state["card_id"]), store=store,
+                       inserted=inserted, vault=vault)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StorageError(f"malformed CAC card state: {e!r}") from None
+        if migrated:
+            save_migrated(store, card.to_state(), options, f"CAC card {card.card_id.hex()}")
+        return card
 
     def to_state(self) -> dict:
-        return {"type": STATE_TYPE, "card_id": b64e(self.card_id), "pin": self.pin.to_dict(),
+        return {"type": STATE_TYPE, "card_id": b64e(self.card_id), "vault": self.vault.to_dict(),
+                "pin": self.pin.to_dict(),
                 "credentials": [{"label": CAC_LABELS[i] if i < len(CAC_LABELS) else f"CAC Cert {i + 1}",
-                                 "source": c.source, "cert": b64e(c.cert_der),
-                                 "key": c.key.to_pem().decode("ascii")}
+                                 "source": c.source, "cert": b64e(c.cert_der), "sealed": dict(self._sealed[i])}
                                 for i, c in enumerate(self.credentials)]}
+
+    # -- keys at rest -----------------------------------------------------------
+    def unlock(self, dek: bytes) -> None:
+        self.lock()
+        self.session = self.vault.open_session(dek)
+
+    def lock(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
+        self._open_keys.clear()
+
+    def private_key(self, index: int) -> CardKey:
+        """The PKI applet's private key: 6982 while locked, 6581 if its sealed form fails its check."""
+        key = self._open_keys.get(index)
+        if key is not None:
+            return key
+        if self.session is None:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        cred = self.credentials[index]
+        try:
+            der = self.vault.open(self._sealed[index], _key_label(index, cred.cert_der), self.session)
+            key = CardKey(serialization.load_der_private_key(der, None))
+            if not key.matches(cred.certificate.public_key()):
+                raise StorageError(f"CAC key {index} does not match its certificate")
+        except (StorageError, ValueError, KeyLoadError) as e:
+            log.error("CAC card %s: %s", self.card_id.hex(), e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+        self._open_keys[index] = key
+        return key
 
     def save(self) -> None:
         if self.store is not None:
@@ -179,6 +286,7 @@ class CacCard(AppletCard):
     def reset(self) -> None:
         super().reset()
         self.verified = False
+        self.lock()
         for applet in self.pki:
             applet.deselect()
 
@@ -224,9 +332,14 @@ class CacCard(AppletCard):
         if len(cmd.data) > PIN_MAX:
             raise ApduError(SW.WRONG_LENGTH)
         self.verified = False
+        self.lock()
         candidate = bytes(cmd.data).rstrip(bytes((PIN_PAD,)))
         try:
-            self.pin.verify(candidate, self.save)
+            dek = self.pin.verify(candidate, self.save)
+            self.unlock(dek)
+        except IntegrityError as e:
+            log.error("CAC card %s: %s; PIN refused", self.card_id.hex(), e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
         except StorageError:
             raise ApduError(SW.MEMORY_FAILURE) from None
         self.verified = True

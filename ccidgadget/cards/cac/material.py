@@ -52,8 +52,9 @@ class CacCredential:
     """One PKI applet's content: the certificate (DER) and its private key."""
 
     certificate: x509.Certificate
-    key: CardKey
+    key: CardKey | None             # None: only sealed in the card state (cards/vault.py) until the PIN opens it
     source: str                     # nickname or file, for messages
+    sealed: dict | None = None      # the sealed private key of a card state, if it came from one
 
     @property
     def cert_der(self) -> bytes:

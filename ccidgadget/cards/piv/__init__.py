@@ -13,7 +13,7 @@ from .state import PivState
 
 def build_card(spec, context) -> PivCard:
     """`--card emulated --type piv` (options.CARD_TYPES): the card in its state directory, made on first use."""
-    return PivCard.from_directory(context.card_dir(spec), inserted=spec.inserted)
+    return PivCard.from_directory(context.card_dir(spec), inserted=spec.inserted, options=context.vault_options())
 
 
 __all__ = ["PivCard", "PivApplet", "PivState", "ALGORITHM", "INS", "MANAGEMENT_ALGORITHM", "OBJECT_ID",

@@ -8,6 +8,13 @@ verification for PIN-always keys (slot 9C by default; consumed by the next
 such operation), and management key authenticated.  All three are cleared by
 a card reset and on a failed VERIFY of the PIN.
 
+Keys at rest (cards/vault.py): a successful VERIFY of the PIN also opens the
+card's data key (same KDF call); the card holds it, and the PIN-protected keys
+it opens, exactly as long as the PIN stays verified, and drops them wherever
+the verification is lost (reset, power-off, removal, deselection, VERIFY
+P1=FF, a failed VERIFY).  A PUK check opens the data key only for the
+command that needs it (RESET RETRY COUNTER, CHANGE REFERENCE DATA of the PUK).
+
 Every state change is saved through the card's `CardStore` before the answer
 leaves; if saving fails the command answers 6581 and the card keeps its old
 state (`_commit`).
@@ -29,7 +36,8 @@ from ..applet import Applet, AppletCard
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
 from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey
 from ..pin import PIV_PIN_MAX, piv_check_padded, piv_pad
-from ..storage import CardStore, StorageError
+from ..storage import CardStore, IntegrityError, StorageError
+from ..vault import DEFAULT_OPTIONS, VaultOptions, save_migrated, warn_if_unbound
 from ..tlv import parse_dict, parse_tlv, tlv, unwrap
 from . import objects
 from .constants import (APPLICATION_LABEL, DEFAULT_MANAGEMENT_ALGORITHM, DEFAULT_MANAGEMENT_KEY, DEFAULT_PIN,
@@ -92,10 +100,15 @@ class PivApplet(Applet):
 
     # -- volatile security status --------------------------------------------
     def clear_security_status(self) -> None:
-        self.pin_verified = False
-        self.pin_fresh = False          # VERIFY just happened: allows one PIN-always operation
+        self._pin_lost()
         self.mgmt_authenticated = False
         self._auth_pending: tuple[str, bytes] | None = None   # ("mutual"|"external", secret)
+
+    def _pin_lost(self) -> None:
+        """The PIN is no longer verified: the data key and PIN-protected keys leave memory."""
+        self.pin_verified = False
+        self.pin_fresh = False          # VERIFY just happened: allows one PIN-always operation
+        self.card.lock()
 
     def deselect(self) -> None:
         self.clear_security_status()
@@ -135,15 +148,20 @@ class PivApplet(Applet):
             log.error("PIV card state not saved (%s); command refused, card state unchanged", e)
             raise ApduError(SW.MEMORY_FAILURE) from None
         self.card.state = new_state
+        if self.card.session is None:
+            self.card.lock()        # a key generated or imported while locked leaves memory once sealed
 
     def _persist_current(self) -> None:
         self.card.store.save(self.state.to_dict())
 
-    def _verify_reference(self, which: str, block: bytes) -> None:
-        """VERIFY-style check of the PIN or PUK with its counter (StorageError → 6581)."""
+    def _verify_reference(self, which: str, block: bytes) -> bytes:
+        """VERIFY-style check of the PIN or PUK with its counter; the data key it opens (StorageError → 6581)."""
         slot = self.state.pin if which == "pin" else self.state.puk
         try:
-            slot.verify(block, self._persist_current)
+            return slot.verify(block, self._persist_current, which.upper())
+        except IntegrityError as e:
+            log.error("PIV card %d: %s; %s refused", self.state.serial, e, which.upper())
+            raise ApduError(SW.MEMORY_FAILURE) from None
         except StorageError as e:
             log.error("PIV card state not saved (%s); %s not checked", e, which.upper())
             raise ApduError(SW.MEMORY_FAILURE) from None
@@ -170,7 +188,7 @@ class PivApplet(Applet):
             # Yubico 5.4.3+: P1=FF resets the verification status of the PIN.
             if cmd.p2 != KEY_REFERENCE.PIV_PIN or cmd.data:
                 raise ApduError(SW.INCORRECT_P1P2 if cmd.p2 != KEY_REFERENCE.PIV_PIN else SW.WRONG_LENGTH)
-            self.pin_verified = self.pin_fresh = False
+            self._pin_lost()
             return b""
         if cmd.p1 != 0x00:
             raise ApduError(SW.INCORRECT_P1P2)
@@ -189,9 +207,10 @@ class PivApplet(Applet):
             raise ApduError(SW.VERIFY_FAILED | min(slot.tries_left, 15))
         block = self._reference_block(cmd.data)
         if which == "pin":
-            self.pin_verified = self.pin_fresh = False
-        self._verify_reference(which, block)
+            self._pin_lost()
+        dek = self._verify_reference(which, block)
         if which == "pin":
+            self._unlock(dek)
             self.pin_verified = self.pin_fresh = True
         return b""
 
@@ -204,6 +223,13 @@ class PivApplet(Applet):
         if len(data) != PIV_PIN_MAX:
             raise ApduError(SW.WRONG_DATA)
         return data
+
+    def _unlock(self, dek: bytes) -> None:
+        try:
+            self.card.unlock(dek)
+        except StorageError as e:           # the card sealing key does not open: tampered state
+            log.error("PIV card %d: %s; PIN not accepted", self.state.serial, e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
 
     # -- CHANGE REFERENCE DATA (§3.2.2) / RESET RETRY COUNTER (§3.2.3) -------
     def _two_blocks(self, cmd: CommandAPDU) -> tuple[bytes, bytes]:
@@ -218,13 +244,17 @@ class PivApplet(Applet):
             raise ApduError(SW.REFERENCE_NOT_FOUND)
         old, new = self._two_blocks(cmd)
         which = "pin" if cmd.p2 == KEY_REFERENCE.PIV_PIN else "puk"
-        self._verify_reference(which, old)
+        if which == "pin":
+            self._pin_lost()
+        dek = self._verify_reference(which, old)
         new = piv_check_padded(new)
+        # A PIN change rewraps the data key only: nothing else is encrypted again.
         new_state = self.state.clone()
         target = new_state.pin if which == "pin" else new_state.puk
-        target.set(new, is_default=new == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK))
+        target.set(new, is_default=new == piv_pad(DEFAULT_PIN if which == "pin" else DEFAULT_PUK), dek=dek)
         self._commit(new_state)
         if which == "pin":
+            self._unlock(dek)
             self.pin_verified = True
         return b""
 
@@ -232,10 +262,10 @@ class PivApplet(Applet):
         if cmd.p2 != KEY_REFERENCE.PIV_PIN:
             raise ApduError(SW.REFERENCE_NOT_FOUND)
         puk, new = self._two_blocks(cmd)
-        self._verify_reference("puk", puk)
+        dek = self._verify_reference("puk", puk)
         new = piv_check_padded(new)
         new_state = self.state.clone()
-        new_state.pin.set(new, is_default=new == piv_pad(DEFAULT_PIN))
+        new_state.pin.set(new, is_default=new == piv_pad(DEFAULT_PIN), dek=dek)
         self._commit(new_state)
         return b""
 
@@ -259,7 +289,7 @@ class PivApplet(Applet):
             raise ApduError(SW.FILE_NOT_FOUND)
         if tag in PIN_PROTECTED_OBJECTS and not self.pin_verified:
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
-        content = self.state.objects.get(tag)
+        content = self._open(lambda: self.state.object_content(tag, self.card.session))
         if content is None and tag == OBJECT_ID.KEY_HISTORY:
             content = objects.make_key_history(self._retired_with_certificates())
         if content is None:
@@ -272,7 +302,7 @@ class PivApplet(Applet):
         """Key History C1: OpenSC reads retired objects 1..C1, so count up to the last one present."""
         last = 0
         for i, slot in enumerate(RETIRED_SLOTS, 1):
-            if certificate_object_for(slot) in self.state.objects:
+            if self.state.has_object(certificate_object_for(slot)):
                 last = i
         return last
 
@@ -290,12 +320,11 @@ class PivApplet(Applet):
         if len(content) > MAX_OBJECT_SIZE:
             raise ApduError(SW.NOT_ENOUGH_MEMORY)
         new_state = self.state.clone()
-        if content:
-            new_state.objects[tag] = content
-            if sum(len(v) for v in new_state.objects.values()) > MAX_TOTAL_OBJECTS:
-                raise ApduError(SW.NOT_ENOUGH_MEMORY)
-        elif new_state.objects.pop(tag, None) is None:
+        if not content and not new_state.has_object(tag):
             return b""                       # deleting an absent object: nothing to save
+        new_state.put_object(tag, content)
+        if new_state.objects_size() > MAX_TOTAL_OBJECTS:
+            raise ApduError(SW.NOT_ENOUGH_MEMORY)
         self._commit(new_state)
         return b""
 
@@ -371,11 +400,11 @@ class PivApplet(Applet):
         has_challenge, has_exp = TAG_CHALLENGE in t, TAG_EXPONENTIATION in t
         if has_challenge == has_exp or set(t) - {TAG_RESPONSE, TAG_CHALLENGE, TAG_EXPONENTIATION}:
             raise ApduError(SW.WRONG_DATA)
-        key = entry.key
         # Validate the input before spending a PIN-always authorisation on it.
         data = t[TAG_CHALLENGE] if has_challenge else t[TAG_EXPONENTIATION]
-        kind = self._operation_kind(key, has_challenge, data)
+        kind = self._operation_kind(entry.key, has_challenge, data)
         self._require_pin_policy(entry.pin_policy)
+        key = self._open(lambda: entry.private(self.state.vault, self.card.session))
         try:
             if kind == "rsa":
                 result = key.sign_raw_rsa(data)
@@ -391,8 +420,18 @@ class PivApplet(Applet):
             raise ApduError(SW.WRONG_DATA) from None
         return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_RESPONSE, result))
 
+    def _open(self, fn):
+        """Open something sealed: 6982 while locked, 6581 (and the reason in the log) if it fails its check."""
+        try:
+            return fn()
+        except PermissionError:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED) from None
+        except StorageError as e:
+            log.error("PIV card %d: %s", self.state.serial, e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+
     @staticmethod
-    def _operation_kind(key: CardKey, challenge: bool, data: bytes) -> str:
+    def _operation_kind(key, challenge: bool, data: bytes) -> str:
         alg = key.algorithm
         if alg.is_rsa:
             if not challenge or len(data) != RSA_BITS[alg] // 8:
@@ -528,7 +567,7 @@ class PivApplet(Applet):
             raise ApduError(SW.WRONG_DATA) from None
         touch = TOUCH_POLICY.ALWAYS if cmd.p2 == 0xFE else TOUCH_POLICY.NEVER
         new_state = self.state.clone()
-        new_state.management = ManagementKey(mgmt.algorithm, mgmt.key, touch)
+        new_state.management = ManagementKey(mgmt.algorithm, mgmt.key, touch)    # sealed at save
         self._commit(new_state)
         if new_state.management.is_default:
             log.warning("PIV card %d: management key set to the DEFAULT value", self.state.serial)
@@ -540,10 +579,19 @@ class PivApplet(Applet):
         if not (self.state.pin.blocked and self.state.puk.blocked):
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
         old = self.state
-        fresh = PivState.new(serial=old.serial, attestation=(old.keys[SLOT.ATTESTATION],
-                                                             old.objects[OBJECT_ID.YUBICO_ATTESTATION]))
-        self._commit(fresh)
+        attestation = None
+        entry = old.keys.get(SLOT.ATTESTATION)
+        try:
+            # Kept across the reset, sealed again for the new vault (F9 is PIN policy NEVER: always open).
+            attestation = (SlotKey(entry.private(old.vault, self.card.session), entry.pin_policy,
+                                   entry.touch_policy, entry.origin), old.objects[OBJECT_ID.YUBICO_ATTESTATION])
+        except (AttributeError, KeyError, PermissionError, StorageError) as e:
+            log.warning("PIV card %d reset: the attestation key cannot be kept (%s); a new one is made",
+                        old.serial, e)
+        fresh = PivState.new(serial=old.serial, attestation=attestation, device=old.vault.device,
+                             kdf=self.card.options.kdf)
         self.clear_security_status()
+        self._commit(fresh)
         log.warning("PIV card %d reset: keys, certificates and objects erased; PIN, PUK and management "
                     "key are the defaults again", old.serial)
         return b""
@@ -554,14 +602,15 @@ class PivApplet(Applet):
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
         if not (1 <= cmd.p1 <= 15 and 1 <= cmd.p2 <= 15):
             raise ApduError(SW.INCORRECT_P1P2)
+        dek = self._open(lambda: self.card.data_key())
         new_state = self.state.clone()
         # As on a YubiKey, PIN and PUK return to their default values.
         new_state.pin.set_max_tries(cmd.p1)
-        new_state.pin.set(piv_pad(DEFAULT_PIN), is_default=True)
+        new_state.pin.set(piv_pad(DEFAULT_PIN), is_default=True, dek=dek)
         new_state.puk.set_max_tries(cmd.p2)
-        new_state.puk.set(piv_pad(DEFAULT_PUK), is_default=True)
+        new_state.puk.set(piv_pad(DEFAULT_PUK), is_default=True, dek=dek)
         self._commit(new_state)
-        self.pin_verified = self.pin_fresh = False
+        self._pin_lost()
         return b""
 
     def get_metadata(self, cmd: CommandAPDU) -> bytes:
@@ -602,7 +651,8 @@ class PivApplet(Applet):
         ca_cert = objects.parse_certificate_object(self.state.objects.get(OBJECT_ID.YUBICO_ATTESTATION, b""))
         if ca_key is None or ca_cert is None or ca_key.key.algorithm == ALGORITHM.X25519:
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
-        cert = objects.make_attestation(ca_key.key, ca_cert, slot, entry.key.public_key, self.state.serial,
+        ca_private = self._open(lambda: ca_key.private(self.state.vault, self.card.session))
+        cert = objects.make_attestation(ca_private, ca_cert, slot, entry.key.public_key, self.state.serial,
                                         entry.pin_policy, entry.touch_policy)
         return cert.public_bytes(serialization.Encoding.DER)
 
@@ -655,42 +705,72 @@ class PivCard(AppletCard):
     QUICK_INS = frozenset({INS.SELECT, INS.GET_DATA, INS.GET_RESPONSE, INS.GET_VERSION, INS.GET_SERIAL,
                            INS.GET_METADATA})
 
-    def __init__(self, store: CardStore, state: PivState, *, inserted: bool = True) -> None:
+    def __init__(self, store: CardStore, state: PivState, *, inserted: bool = True,
+                 options: VaultOptions = DEFAULT_OPTIONS) -> None:
         self.store = store
         self.state = state
+        self.options = options
+        #: The unlocked data key while the PIN is verified (vault.VaultSession), else None.
+        self.session = None
         self.applet = PivApplet(self)
         super().__init__([self.applet], inserted=inserted)
         self._warn_defaults()
+
+    # -- keys at rest ---------------------------------------------------------
+    def unlock(self, dek: bytes | None) -> None:
+        self.lock()
+        if dek is not None:
+            self.session = self.state.vault.open_session(dek)
+
+    def lock(self) -> None:
+        session, self.session = getattr(self, "session", None), None
+        if session is not None:
+            session.close()
+        state = getattr(self, "state", None)
+        if state is not None:
+            for entry in state.keys.values():
+                entry.forget()
+
+    def data_key(self) -> bytes:
+        if self.session is None:
+            raise PermissionError("the card is locked")
+        return self.session.data_key()
 
     # -- construction -------------------------------------------------------
     @classmethod
     def create(cls, store: CardStore, *, pin: str | bytes = DEFAULT_PIN, puk: str | bytes = DEFAULT_PUK,
                mgmt_key: bytes = DEFAULT_MANAGEMENT_KEY, mgmt_alg: int = DEFAULT_MANAGEMENT_ALGORITHM,
                serial: int | None = None, pin_tries: int = DEFAULT_TRIES, puk_tries: int = DEFAULT_TRIES,
-               inserted: bool = True) -> "PivCard":
+               inserted: bool = True, options: VaultOptions = DEFAULT_OPTIONS) -> "PivCard":
         """Create a new card in `store` (refuses to overwrite an existing one); ValueError on bad arguments."""
         if store.exists():
             raise FileExistsError(f"a card already exists in {store.directory}")
         state = PivState.new(pin=pin, puk=puk, mgmt_key=mgmt_key, mgmt_alg=mgmt_alg, serial=serial,
-                             pin_tries=pin_tries, puk_tries=puk_tries)
+                             pin_tries=pin_tries, puk_tries=puk_tries, device=store.device, kdf=options.kdf)
         store.save(state.to_dict())
-        log.info("created PIV card %d in %s", state.serial, store.directory)
-        return cls(store, state, inserted=inserted)
+        log.info("created PIV card %d in %s (%s)", state.serial, store.directory, store.device.describe())
+        return cls(store, state, inserted=inserted, options=options)
 
     @classmethod
-    def open(cls, store: CardStore, *, inserted: bool = True) -> "PivCard":
-        return cls(store, PivState.from_dict(store.load()), inserted=inserted)
+    def open(cls, store: CardStore, *, inserted: bool = True, options: VaultOptions = DEFAULT_OPTIONS) -> "PivCard":
+        state = PivState.from_dict(store.load(), device=store.device, kdf=options.kdf)
+        if state.migrated:
+            save_migrated(store, state.to_dict(), options, f"PIV card {state.serial}")
+            state.migrated = False
+        return cls(store, state, inserted=inserted, options=options)
 
     @classmethod
-    def from_directory(cls, path: Path, *, inserted: bool = True) -> "PivCard":
+    def from_directory(cls, path: Path, *, inserted: bool = True,
+                       options: VaultOptions = DEFAULT_OPTIONS) -> "PivCard":
         """The daemon's constructor: open the card in `path`, creating a default one if absent."""
-        store = CardStore(Path(path))
+        store = CardStore(Path(path), options.device())
         if not store.exists():
-            return cls.create(store, inserted=inserted)
-        return cls.open(store, inserted=inserted)
+            return cls.create(store, inserted=inserted, options=options)
+        return cls.open(store, inserted=inserted, options=options)
 
     def _warn_defaults(self) -> None:
         s = self.state
+        warn_if_unbound(s.vault.device, f"PIV card {s.serial}")
         if s.management.is_default:
             log.warning("PIV card %d uses the DEFAULT management key %s: anyone with access to the reader can "
                         "replace its keys and certificates. Change it (yubico-piv-tool -a set-mgm-key, "
@@ -708,7 +788,7 @@ class PivCard(AppletCard):
 
     def reset(self) -> None:
         super().reset()
-        self.applet.clear_security_status()
+        self.applet.clear_security_status()      # drops the data key (self.lock())
 
     def describe(self) -> dict:
         d = super().describe()
