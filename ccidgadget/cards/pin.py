@@ -71,11 +71,13 @@ class PinSlot:
     """One piece of reference data (PIN, PUK...) with its retry counter.
 
     `value` given to `set()` / `verify()` is the exact byte string the card
-    compares (for PIV: the 8-byte padded block).
+    compares (for PIV: the 8-byte padded block).  `length` is the length of
+    the reference data: the OpenPGP card needs it to split CHANGE REFERENCE
+    DATA's "old ‖ new" (OpenPGP card 3.4 §7.2.3), so it is kept beside the hash.
     """
 
     def __init__(self, *, max_tries: int, tries_left: int, salt: bytes, digest: bytes,
-                 kdf: dict | None = None, is_default: bool = False) -> None:
+                 kdf: dict | None = None, is_default: bool = False, length: int | None = None) -> None:
         if not 1 <= max_tries <= MAX_TRIES_LIMIT:
             raise ValueError(f"max tries must be 1..{MAX_TRIES_LIMIT}")
         self.max_tries = max_tries
@@ -84,6 +86,7 @@ class PinSlot:
         self._digest = digest
         self._kdf = dict(kdf or {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P})
         self.is_default = is_default
+        self.length = length
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -99,6 +102,7 @@ class PinSlot:
         self._digest = self._hash(value)
         self.tries_left = self.max_tries
         self.is_default = is_default
+        self.length = len(value)
 
     def copy(self) -> "PinSlot":
         return copy.copy(self)
@@ -162,8 +166,11 @@ class PinSlot:
 
     # -- serialisation ------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"kdf": dict(self._kdf), "salt": b64e(self._salt), "hash": b64e(self._digest),
-                "tries_left": self.tries_left, "max_tries": self.max_tries, "is_default": self.is_default}
+        d = {"kdf": dict(self._kdf), "salt": b64e(self._salt), "hash": b64e(self._digest),
+             "tries_left": self.tries_left, "max_tries": self.max_tries, "is_default": self.is_default}
+        if self.length is not None:
+            d["length"] = self.length
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PinSlot":
@@ -174,6 +181,7 @@ class PinSlot:
             return cls(max_tries=int(d["max_tries"]), tries_left=int(d["tries_left"]),
                        salt=b64d(d["salt"]), digest=b64d(d["hash"]),
                        kdf={"name": "scrypt", "n": int(kdf["n"]), "r": int(kdf["r"]), "p": int(kdf["p"])},
-                       is_default=bool(d.get("is_default", False)))
+                       is_default=bool(d.get("is_default", False)),
+                       length=int(d["length"]) if "length" in d else None)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StorageError(f"malformed PIN record: {e!r}") from None

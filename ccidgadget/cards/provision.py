@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .iso7816 import ApduError
-from .keys import ALGORITHM, CardKey, KeyLoadError, load_key_and_cert
+from .keys import ALGORITHM, PIV_ALGORITHMS, CardKey, KeyLoadError, load_key_and_cert
 from .pin import piv_pad
 from .piv import objects
 from .piv.applet import PivCard, public_key_template  # noqa: F401  (re-exported for tools)
@@ -52,10 +52,13 @@ def parse_slot(text: str) -> int:
 
 def parse_algorithm(text: str) -> ALGORITHM:
     try:
-        return ALGORITHM[text.upper()]
+        alg = ALGORITHM[text.upper()]
+        if alg in PIV_ALGORITHMS:
+            return alg
     except KeyError:
-        names = ", ".join(a.cli_name for a in ALGORITHM)
-        raise ProvisionError(f"unknown algorithm {text!r} (one of {names})") from None
+        pass
+    names = ", ".join(a.cli_name for a in PIV_ALGORITHMS)
+    raise ProvisionError(f"unknown algorithm {text!r} (one of {names})") from None
 
 
 def parse_management_algorithm(text: str) -> MANAGEMENT_ALGORITHM:
@@ -123,6 +126,8 @@ def import_key(directory: Path, slot: int, path: Path, *, password: str | None =
         bundle = load_key_and_cert(path, password)
     except KeyLoadError as e:
         raise ProvisionError(str(e)) from None
+    if bundle.key.algorithm not in PIV_ALGORITHMS:
+        raise ProvisionError(f"a PIV card cannot hold a {bundle.key.algorithm.cli_name} key")
     new = card.state.clone()
     pp, tp = _policies(slot, pin_policy, touch_policy)
     entry = SlotKey(bundle.key, pp, tp, ORIGIN.IMPORTED)
@@ -319,7 +324,7 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate a key with a self-signed certificate or a CSR")
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--slot", required=True)
-    p.add_argument("--algorithm", required=True, help=", ".join(a.cli_name for a in ALGORITHM))
+    p.add_argument("--algorithm", required=True, help=", ".join(a.cli_name for a in PIV_ALGORITHMS))
     p.add_argument("--subject", help='certificate subject, "/CN=name/O=org" or "CN=name,O=org"')
     p.add_argument("--csr", metavar="OUT", help="write a PEM CSR here instead of storing a self-signed certificate")
     p.add_argument("--days", type=int, default=365, help="validity of the self-signed certificate")

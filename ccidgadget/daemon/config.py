@@ -414,7 +414,7 @@ class _Validator:
                                              f"signature, encryption); got {len(spec.certs)}")
             elif spec.type != "cac" and "certs" in t:
                 self.error(prefix + "certs", f"only a type = \"cac\" card takes certs (this slot is "
-                                             f"{spec.type!r}); PIV and ISO cards keep their keys in the state "
+                                             f"{spec.type!r}); PIV, OpenPGP and ISO cards keep their keys in the state "
                                              f"directory")
             for key in ("db", "pin_file", "db_password_file"):
                 if getattr(spec, key) is not None and spec.type != "cac":

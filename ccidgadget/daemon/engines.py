@@ -16,7 +16,7 @@ from ..cards.base import Card
 log = logging.getLogger(__name__)
 
 ENGINES = ("emulated", "passthru", "vpcd", "pcsc")
-EMULATED_TYPES = ("piv", "cac", "iso")
+EMULATED_TYPES = ("piv", "cac", "iso", "openpgp")
 DEFAULT_EMULATED_TYPE = "piv"
 DEFAULT_LISTEN = {"passthru": ("127.0.0.1", 2001), "vpcd": ("127.0.0.1", 35963)}
 
@@ -102,6 +102,9 @@ def build_card(spec: SlotSpec, slot: int, state_dir: Path, *, shared_gadget: boo
         if spec.type == "piv":
             from ..cards.piv import PivCard
             return PivCard.from_directory(card_dir, inserted=spec.inserted)
+        if spec.type == "openpgp":
+            from ..cards.openpgp import OpenPgpCard
+            return OpenPgpCard.from_directory(card_dir, inserted=spec.inserted)
         if spec.type == "cac":
             from ..cards.cac import CacCard
             # Secrets come from files (0600), never from the command line where `ps` shows them.

@@ -218,8 +218,8 @@ _DESCRIPTION = ("Connect to the vpcd driver of pcscd (package vsmartcard-vpcd) a
 
 
 def add_vpcd_card_subcommand(subparsers, card_factory: CardFactory | None = None,
-                             card_types: tuple[str, ...] = ("piv", "iso", "cac")):
-    """`ccidgadget vpcd-card --type piv|iso|cac [--host H] [--port P] [--once] [card options]`.
+                             card_types: tuple[str, ...] = ("piv", "iso", "cac", "openpgp")):
+    """`ccidgadget vpcd-card --type piv|iso|cac|openpgp [--host H] [--port P] [--once] [card options]`.
 
     Sets `func` on the parsed namespace: `args.func(args)` runs until
     interrupted and returns an exit status.
@@ -254,7 +254,7 @@ def run_vpcd_card(args: argparse.Namespace, card_factory: CardFactory) -> int:
 
 
 def main_vpcd_card(argv: list[str] | None = None, card_factory: CardFactory | None = None,
-                   card_types: tuple[str, ...] = ("piv", "iso", "cac")) -> int:
+                   card_types: tuple[str, ...] = ("piv", "iso", "cac", "openpgp")) -> int:
     """`ccidgadget vpcd-card ...` (also `python -m ccidgadget.frontends.vpcd_client`)."""
     parser = argparse.ArgumentParser(prog="ccidgadget vpcd-card", description=_DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true")
