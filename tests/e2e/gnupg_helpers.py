@@ -48,7 +48,8 @@ class GnuPG:
                     "LC_ALL": "C", "LANG": "C"}
         self.env.pop("GPG_AGENT_INFO", None)
         self.env.pop("DISPLAY", None)
-        agent = [f"pinentry-program {PINENTRY}", "allow-loopback-pinentry"]
+        agent = [f"pinentry-program {PINENTRY}", "allow-loopback-pinentry",
+                 f"log-file {self.log_dir / 'gpg-agent.log'}", "debug-level basic"]
         if ssh:
             agent.append("enable-ssh-support")
         (self.home / "gpg-agent.conf").write_text("\n".join(agent) + "\n")
@@ -65,12 +66,15 @@ class GnuPG:
         rules = []
         if new_reset_code is not None:
             rules += [["Repeat this Reset Code", new_reset_code], ["New Reset Code", new_reset_code]]
+        if new_admin is not None:
+            rules += [["New Admin PIN", new_admin]]
+        if new_pin is not None:
+            rules += [["New PIN", new_pin]]
+        if new_admin is not None or new_pin is not None:
+            # the agent asks "Repeat this PIN" for a new PIN and a new Admin PIN alike
+            rules += [["Repeat this PIN", new_admin if new_admin is not None else new_pin]]
         if reset_code is not None:
             rules += [["Reset Code", reset_code]]
-        if new_admin is not None:
-            rules += [["Repeat this Admin PIN", new_admin], ["New Admin PIN", new_admin]]
-        if new_pin is not None:
-            rules += [["Repeat this PIN", new_pin], ["New PIN", new_pin]]
         rules += [["Admin PIN", admin], ["PIN", pin]]
         self.rules.write_text(json.dumps(rules))
 
@@ -119,8 +123,17 @@ class GnuPG:
     def kill(self) -> None:
         subprocess.run(["gpgconf", "--kill", "all"], env=self.env, capture_output=True, timeout=30)
 
-    def restart_scdaemon(self) -> None:
+    def restart_scdaemon(self, timeout: float = 20) -> None:
+        """A fresh scdaemon: it forgets the PINs it verified, and the card is reset."""
         subprocess.run(["gpgconf", "--kill", "scdaemon"], env=self.env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self.run(["scd serialno", "/bye"], binary="gpg-connect-agent", check=False)
+            if "SERIALNO" in p.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise GpgError(f"scdaemon did not come back: {p.stdout} {p.stderr}\n{self.scd_log_tail()}")
+            time.sleep(0.2)
 
     def scd_log_tail(self, n: int = 40) -> str:
         path = self.log_dir / "scdaemon.log"
@@ -130,7 +143,7 @@ class GnuPG:
         return "--- scdaemon.log (tail) ---\n" + "\n".join(lines[-n:])
 
     # -- interactive menus, answered from the status fd ---------------------------------------
-    def edit(self, args: Sequence[str], answers: dict[str, object], *, timeout: float = 300,
+    def edit(self, args: Sequence[str], answers: dict[str, object], *, timeout: float = 120,
              check: bool = True) -> tuple[int, str]:
         """Run gpg with --command-fd/--status-fd; answer each GET_LINE/GET_BOOL/GET_HIDDEN by keyword.
 

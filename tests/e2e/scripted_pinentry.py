@@ -6,7 +6,8 @@ gpg-agent runs it (``pinentry-program``) and speaks the Assuan pinentry protocol
 The agent's description (SETDESC) and prompt (SETPROMPT) say which PIN scdaemon wants ("Admin
 PIN", "New PIN", "Repeat this Reset Code"...).  ``$PINENTRY_RULES`` names a JSON file with a list
 of ``[substring, value]`` pairs, tried in order against "<desc> <prompt>" (case-insensitive);
-the first match answers; no match cancels, as a person pressing Cancel would.  Every request is
+the first match answers; no match cancels, as a person pressing Cancel would, and so does a
+GETPIN after SETERROR (the agent asking again: a second identical answer would only loop).  Every request is
 appended to ``$PINENTRY_RULES.log`` (descriptions only, never the values).
 """
 
@@ -39,7 +40,7 @@ def main() -> int:
     out.write("OK scripted pinentry ready\n")
     out.flush()
     desc = prompt = ""
-    repeat = False
+    repeat = error = False
     log_path = os.environ.get("PINENTRY_RULES", "/dev/null") + ".log"
     for line in sys.stdin:
         line = line.rstrip("\n")
@@ -51,6 +52,8 @@ def main() -> int:
             prompt = _unescape(arg)
         elif cmd == "SETREPEAT":
             repeat = True
+        elif cmd == "SETERROR":
+            error = True
         elif cmd == "GETINFO":
             if arg == "pid":
                 out.write(f"D {os.getpid()}\n")
@@ -60,19 +63,21 @@ def main() -> int:
                 out.write("D scripted\n")
         elif cmd == "GETPIN":
             pattern, value = _answer(desc, prompt)
+            if error:
+                pattern, value = "(after SETERROR)", None
             with open(log_path, "a") as log:
                 log.write(json.dumps({"desc": desc, "prompt": prompt, "rule": pattern}) + "\n")
             if value is None:
                 out.write("ERR 83886179 Operation cancelled <Pinentry>\n")
                 out.flush()
                 desc = prompt = ""
-                repeat = False
+                repeat = error = False
                 continue
             if repeat:
                 out.write("S PIN_REPEATED\n")
             out.write("D " + urllib.parse.quote(value, safe="") + "\n")
             desc = prompt = ""
-            repeat = False
+            repeat = error = False
         elif cmd == "CONFIRM" or cmd == "MESSAGE":
             pass
         elif cmd == "BYE":
