@@ -174,8 +174,6 @@ class OpenPgpApplet(StatefulApplet):
                 return b""
             raise verify_failed(slot.tries_left)
         self._set_status(which, False)
-        if which != PW.PW3:
-            self.pw1_sign = self.pw1_other = False
         # Any length counts as a try: GnuPG's factory-reset blocks the PINs with 32-byte values.
         self.check_reference(slot, cmd.data, which.name)
         self._set_status(which, True)
