@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libaio1 libpcsclite-dev libsystemd-dev \
 	qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 usbutils \
 	pcscd libccid opensc pcsc-tools vsmartcard-vpcd vsmartcard-vpicc python3-virtualsmartcard \
-	yubico-piv-tool libnss3-tools openssl openssh-client systemd
+	yubico-piv-tool libnss3-tools openssl openssh-client systemd scdaemon gnupg git
 
 .PHONY: deps venv vm test test-unit test-vm demo bench fuzz clean
 

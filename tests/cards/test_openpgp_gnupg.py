@@ -112,6 +112,19 @@ def _sign_and_verify(g: GnuPG, fpr: str, size: int = 6000) -> None:
     assert f"VALIDSIG {fpr}" in out, out
 
 
+def _check_fingerprints(g: GnuPG) -> None:
+    """The fingerprints GnuPG computed and wrote (C7-C9) are the ones ccidgadget computes for
+    offline-provisioned keys (cards/openpgp/fingerprint.py)."""
+    import json
+    from ccidgadget.cards.openpgp.fingerprint import v4_fingerprint
+    from ccidgadget.cards.openpgp.state import OpenPgpState
+    state = OpenPgpState.from_dict(json.loads(g.state_file.read_text()))
+    assert len(state.keys) == 3
+    for key, entry in state.keys.items():
+        assert state.fingerprints[key] == v4_fingerprint(entry.key, state.attributes[key],
+                                                         state.generation_times[key]), key
+
+
 def test_card_status_shows_a_fresh_card(card):
     status = card.card_status()
     assert _field(status, "Version") == "3.4"
@@ -131,6 +144,7 @@ def test_key_attr_and_on_card_generation_then_sign_encrypt(card):
     fpr = card.generate_on_card("OpenPGP Card", "card@example.org")
     assert re.fullmatch(r"[0-9A-F]{40}", fpr)
     card.fpr = fpr
+    _check_fingerprints(card)
     _sign_and_verify(card, fpr)
     secret = card.dir / "secret.txt"
     secret.write_text("for the card's Cv25519 key\n" * 50)

@@ -121,11 +121,21 @@ class GnuPG:
         return p.stdout + p.stderr
 
     def kill(self) -> None:
+        self.kill_scdaemon()
         subprocess.run(["gpgconf", "--kill", "all"], env=self.env, capture_output=True, timeout=30)
+
+    def kill_scdaemon(self, timeout: float = 15) -> None:
+        """Stop scdaemon and wait until it is gone: with its own CCID driver it holds the USB
+        interface, and a new scdaemon started before the old one let go cannot claim it."""
+        subprocess.run(["gpgconf", "--kill", "scdaemon"], env=self.env, capture_output=True, timeout=30)
+        socket_path = self.home / "S.scdaemon"
+        deadline = time.monotonic() + timeout
+        while socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def restart_scdaemon(self, timeout: float = 20) -> None:
         """A fresh scdaemon: it forgets the PINs it verified, and the card is reset."""
-        subprocess.run(["gpgconf", "--kill", "scdaemon"], env=self.env, capture_output=True, timeout=30)
+        self.kill_scdaemon()
         deadline = time.monotonic() + timeout
         while True:
             p = self.run(["scd serialno", "/bye"], binary="gpg-connect-agent", check=False)
