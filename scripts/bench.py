@@ -34,6 +34,8 @@ def main() -> int:
     piv = REPO / "ccidgadget" / "cards" / "piv" / "bench.py"
     if piv.exists():
         rc |= run([sys.executable, "-m", "ccidgadget.cards.piv.bench"])
+    if (REPO / "ccidgadget" / "cards" / "openpgp" / "bench.py").exists():
+        rc |= run([sys.executable, "-m", "ccidgadget.cards.openpgp.bench"])
     latency = REPO / "tests" / "passthrough" / "bench_latency.py"
     if latency.exists():
         rc |= run([sys.executable, str(latency)])
