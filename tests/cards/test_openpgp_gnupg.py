@@ -206,8 +206,8 @@ def test_passwd_reset_code_lockout_and_unblock(card):
     _sign_and_verify(card, card.fpr, 100)
     # three wrong PINs block PW1
     card.set_pins(pin="999999", admin=NEW_ADMIN)
+    card.restart_scdaemon()              # scdaemon would otherwise keep the last good PIN verified
     for _ in range(3):
-        card.restart_scdaemon()          # scdaemon would otherwise keep the last good PIN verified
         with pytest.raises(GpgError):
             _sign_and_verify(card, card.fpr, 100)
     assert _field(card.card_status(), "PIN retry counter") == "0 3 3"

@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,6 @@ def _encrypt_decrypt(g: GnuPG, fpr: str) -> None:
 
 def _wait_card(g: GnuPG, timeout: float = 60) -> str:
     """card-status once scdaemon sees the (new) reader."""
-    import time
     deadline = time.monotonic() + timeout
     while True:
         p = g.gpg("--card-status", check=False)
@@ -168,7 +168,15 @@ def _wait_card(g: GnuPG, timeout: float = 60) -> str:
 
 
 def test_ccid_driver_card_status(stack, ccid):
+    # the driver's own trace of the first open (USB claim, power on, T=1 parameters) goes to the log
+    conf = ccid.home / "scdaemon.conf"
+    plain = conf.read_text()
+    conf.write_text(plain + "debug-ccid-driver\n")
+    t0 = time.monotonic()
     status = _wait_card(ccid)
+    print(f"scdaemon's CCID driver: card-status after {time.monotonic() - t0:.1f} s")
+    conf.write_text(plain)
+    ccid.kill_scdaemon()
     # the reader is scdaemon's own (libusb), named after the USB device, not a PC/SC reader
     assert "1209:2702" in _field(status, "Reader"), status
     assert _field(status, "Version") == "3.4"
@@ -180,7 +188,8 @@ def test_ccid_driver_card_status(stack, ccid):
     assert json.loads(state.read_text())["serial"] == int(serial, 16)
     assert _field(status, "Key attributes") == "rsa2048 rsa2048 rsa2048"
     assert _field(status, "PIN retry counter") == "3 0 3"
-    assert "CCID" in ccid.scd_log_tail(400) or "ccid" in ccid.scd_log_tail(400).lower()
+    log = (ccid.log_dir / "scdaemon.log").read_text(errors="replace")
+    assert "using ccid driver" in log and "PC_to_RDR_IccPowerOn" in log, ccid.scd_log_tail()
 
 
 def test_ccid_generate_sign_encrypt(stack, ccid):
@@ -240,8 +249,8 @@ def test_ccid_passwd_lockout_survives_restart_unblock(stack, ccid):
     ccid.card_edit(["admin", "passwd"], {"cardutil.change_pin.menu": ["4", "q"]})
     assert _field(ccid.card_status(), "PIN retry counter") == "3 3 3"
     ccid.set_pins(pin="999999", admin=NEW_ADMIN)
+    ccid.restart_scdaemon()              # scdaemon would otherwise keep the last good PIN verified
     for _ in range(3):
-        ccid.restart_scdaemon()
         with pytest.raises(GpgError):
             _sign_verify(ccid, ccid.fpr, 10)
     assert _field(ccid.card_status(), "PIN retry counter") == "0 3 3"
@@ -351,9 +360,14 @@ def test_two_slots_piv_and_openpgp(stack):
     stack.pcscd.stop()
     stack.stop_daemon()
     stack.start_daemon("piv", "openpgp")
-    stack.pcscd.restart()
+    # libccid's debug log says when the reader sends a time extension (RSA-3072 below)
+    os.environ["LIBCCID_ifdLogLevel"] = "0x000F"
+    try:
+        stack.pcscd = stack.e2e.PcscdProcess(stack.log_dir / "pcscd-two-slots.log", args=["-d"])
+        stack.pcscd.start()
+    finally:
+        del os.environ["LIBCCID_ifdLogLevel"]
     readers = []
-    import time
     deadline = time.monotonic() + 60
     while len(readers) < 2 and time.monotonic() < deadline:
         readers = sorted(str(r) for r in stack.e2e.list_readers() if READER_MATCH in str(r))
@@ -385,3 +399,48 @@ def test_two_slots_piv_and_openpgp(stack):
     name0 = stack.run(["opensc-tool", "--reader", slot0, "--name"]).stdout
     assert "Personal Identity Verification Card" in name0, name0
     g.kill()
+    _rsa3072_generation_does_not_stall_slot0(stack, slot0, slot1)
+
+
+def _rsa3072_generation_does_not_stall_slot0(stack, slot0: str, slot1: str) -> None:
+    """RSA-3072 generation on the OpenPGP card runs on its worker thread for seconds (TCG): the
+    host gets CCID time extensions instead of a timeout, and the PIV slot answers meanwhile."""
+    from smartcard.System import readers
+
+    by_name = {str(r): r for r in readers()}
+    pgp = by_name[slot1].createConnection()
+    piv = by_name[slot0].createConnection()
+    pgp.connect()
+    piv.connect()
+
+    def tx(conn, hexstr):
+        data, sw1, sw2 = conn.transmit(list(bytes.fromhex(hexstr)))
+        return bytes(data), (sw1 << 8) | sw2
+
+    assert tx(pgp, "00A4040006D27600012401")[1] == 0x9000
+    assert tx(pgp, "00200083083132333435363738")[1] == 0x9000
+    assert tx(pgp, "00DA00C306010C00002000")[1] == 0x9000            # AUT: RSA-3072
+    assert tx(piv, "00A4040009A00000030800001000")[1] == 0x9000
+    result: dict = {}
+
+    def generate():
+        t0 = time.monotonic()
+        result["answer"] = tx(pgp, "00478000000002A4000000")   # extended Le for the 7F49 of RSA-3072
+        result["seconds"] = time.monotonic() - t0
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    piv_answers = 0
+    while worker.is_alive():
+        data, sw = tx(piv, "00CB3FFF035C017E00")                        # PIV discovery object
+        assert sw == 0x9000 and data.startswith(b"\x7e"), hex(sw)
+        piv_answers += 1
+    worker.join()
+    data, sw = result["answer"]
+    assert sw == 0x9000 and data[:2] == b"\x7f\x49" and len(data) > 384, (hex(sw), len(data))
+    assert piv_answers > 0
+    log = stack.pcscd.log()
+    assert "Time extension requested" in log, f"RSA-3072 took {result['seconds']:.1f} s; no time extension seen"
+    print(f"RSA-3072 generation {result['seconds']:.1f} s; {piv_answers} PIV APDUs answered meanwhile")
+    pgp.disconnect()
+    piv.disconnect()
