@@ -54,6 +54,14 @@ class _BulkOut(functionfs.EndpointOUTFile):
         # parked after the ENABLE that should have resubmitted it.
         if res == -errno.EAGAIN and not self.owner.enabled:
             res = -errno.ESHUTDOWN
+        # SET_INTERFACE (scdaemon's CCID driver sends one when it opens the
+        # reader) makes f_fs disable and re-enable the endpoints and post an
+        # ENABLE without a DISABLE.  The reads it cancelled complete with
+        # ESHUTDOWN through a workqueue, often *after* that ENABLE was read:
+        # parked then, nothing would submit them again and every bulk-OUT
+        # transfer of the host would time out.  While enabled, resubmit.
+        if res == -errno.ESHUTDOWN and self.owner.enabled:
+            res = -errno.EAGAIN
         try:
             super()._onComplete(aio_block, res, res2)
         except OSError as e:
