@@ -19,7 +19,8 @@ from ..keys import CardKey, KeyLoadError
 from ..pin import PinSlot
 from ..storage import StorageError, b64d, b64e
 from .attributes import DEFAULT_ATTRIBUTES, KeyAttributes
-from .constants import (DEFAULT_PW1, DEFAULT_PW3, DEFAULT_TRIES, KEY, KEY_STATUS, MANUFACTURER, TAG, UIF)
+from .constants import (DEFAULT_PW1, DEFAULT_PW3, DEFAULT_TRIES, KEY, KEY_STATUS, MANUFACTURER, OPENPGP_RID_APP,
+                        PW1_MIN_LENGTH, PW3_MIN_LENGTH, PW_MAX_LENGTH, TAG, UIF, VERSION)
 
 STATE_TYPE = "openpgp"
 #: "81 01 00": no KDF (§4.3.2), the value of F9 on a fresh card.
@@ -105,7 +106,7 @@ class OpenPgpState:
             serial = new_serial()
         if not 0 <= serial <= 0xFFFFFFFF:
             raise ValueError("serial must fit in 4 bytes")
-        b1, b3 = _pw_bytes(pw1), _pw_bytes(pw3)
+        b1, b3 = _pw_bytes(pw1, PW1_MIN_LENGTH), _pw_bytes(pw3, PW3_MIN_LENGTH)
         return cls(serial=serial,
                    pw1=PinSlot.new(b1, max_tries=tries, is_default=b1 == DEFAULT_PW1.encode()),
                    pw3=PinSlot.new(b3, max_tries=tries, is_default=b3 == DEFAULT_PW3.encode()))
@@ -116,7 +117,6 @@ class OpenPgpState:
 
     @property
     def aid(self) -> bytes:
-        from .constants import OPENPGP_RID_APP, VERSION
         return (OPENPGP_RID_APP + bytes(VERSION) + self.manufacturer.to_bytes(2, "big")
                 + self.serial.to_bytes(4, "big") + b"\x00\x00")
 
@@ -196,9 +196,8 @@ class OpenPgpState:
         return state
 
 
-def _pw_bytes(value: str | bytes) -> bytes:
-    from .constants import PW1_MIN_LENGTH, PW_MAX_LENGTH
+def _pw_bytes(value: str | bytes, minimum: int) -> bytes:
     raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    if not PW1_MIN_LENGTH <= len(raw) <= PW_MAX_LENGTH:
-        raise ValueError(f"a PIN is {PW1_MIN_LENGTH} to {PW_MAX_LENGTH} bytes")
+    if not minimum <= len(raw) <= PW_MAX_LENGTH:
+        raise ValueError(f"a PIN of this kind is {minimum} to {PW_MAX_LENGTH} bytes")
     return raw
