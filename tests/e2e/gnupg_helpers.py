@@ -224,8 +224,11 @@ class GnuPG:
 
     # -- keys --------------------------------------------------------------------------------
     def fingerprints(self, secret: bool = False) -> list[str]:
+        """Fingerprints of the primary keys (the fpr record right after each pub/sec record)."""
         out = self.gpg("--with-colons", "--list-secret-keys" if secret else "--list-keys", check=False).stdout
-        return [line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:")]
+        lines = out.splitlines()
+        return [lines[i + 1].split(":")[9] for i, line in enumerate(lines[:-1])
+                if line.split(":")[0] in ("pub", "sec") and lines[i + 1].startswith("fpr:")]
 
     def card_key_fingerprints(self) -> dict[str, str]:
         """{sig, enc, aut: fingerprint or ''} from --card-status --with-colons."""

@@ -176,7 +176,7 @@ def test_ccid_driver_card_status(stack, ccid):
     status = _wait_card(ccid)
     print(f"scdaemon's CCID driver: card-status after {time.monotonic() - t0:.1f} s")
     conf.write_text(plain)
-    ccid.kill_scdaemon()
+    ccid.restart_scdaemon()
     # the reader is scdaemon's own (libusb), named after the USB device, not a PC/SC reader
     assert "1209:2702" in _field(status, "Reader"), status
     assert _field(status, "Version") == "3.4"
@@ -285,7 +285,8 @@ def test_ccid_rsa2048_on_card_and_keytocard(stack, ccid):
     _sign_verify(ccid, fpr, 5000)
     _encrypt_decrypt(ccid, fpr)
     # a key made on the host moves to the card (the card switches the slot to ed25519)
-    ccid.gpg("--passphrase", "", "--quick-gen-key", "Host Key <host@example.org>", "ed25519", "sign", "0")
+    ccid.gpg("--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "Host Key <host@example.org>",
+             "ed25519", "sign", "0")
     host_fpr = [f for f in ccid.fingerprints(secret=True) if f not in (fpr, ccid.fpr)][0]
     ccid.edit(["--edit-key", host_fpr], {"keyedit.prompt": ["keytocard", "save"],
                                          "keyedit.keytocard.use_primary": "y",
