@@ -11,12 +11,15 @@ previous ones left:
    decrypt; ssh through gpg-agent (ssh-add -L, ssh-keygen -Y sign/verify); a signed git commit;
    passwd (PW1, PW3, resetting code), lockout after three wrong PINs, the lock kept across a
    daemon restart, unblock with the resetting code; kdf-setup then sign again; key-attr back to
-   rsa2048 with on-card generation, keytocard of a key made on the host; factory-reset.
-2. scdaemon over pcscd (``disable-ccid``): card-status, generation, sign, decrypt.
+   rsa2048 with on-card generation, keytocard of a key made on the host.
+2. scdaemon over pcscd (``disable-ccid``, ``reader-port``): the same keys sign and (RSA-2048)
+   decrypt; factory-reset.
 3. OpenSC's openpgp driver: openpgp-tool (info, generate), pkcs15-tool -D, a pkcs11-tool
    signature verified with openssl.
-4. A two-slot reader, PIV in slot 0 and OpenPGP in slot 1: GnuPG (``reader-port`` names slot 1,
-   ``pcsc-shared``) and OpenSC each use their card, at the same time.
+4. A two-slot reader, PIV in slot 0 and OpenPGP in slot 1 (provisioned offline with
+   ``ccidgadget card``): GnuPG (``reader-port`` names slot 1, ``pcsc-shared``; ssh signatures
+   through gpg-agent) and OpenSC each use their card at the same time; then RSA-3072 generation
+   in slot 1 while slot 0 answers, with CCID time extensions.
 
 RSA-3072/4096 generation is tested in process (tests/cards/test_openpgp.py): under TCG it takes
 minutes.
@@ -282,8 +285,8 @@ def test_ccid_rsa2048_on_card_and_keytocard(stack, ccid):
     ccid.key_attr("rsa2048", "rsa2048", "rsa2048")
     assert _field(ccid.card_status(), "Key attributes") == "rsa2048 rsa2048 rsa2048"
     fpr = ccid.generate_on_card("RSA Card", "rsa@example.org")
+    ccid.rsa_fpr = fpr
     _sign_verify(ccid, fpr, 5000)
-    _encrypt_decrypt(ccid, fpr)
     # a key made on the host moves to the card (the card switches the slot to ed25519)
     ccid.gpg("--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "Host Key <host@example.org>",
              "ed25519", "sign", "0")
@@ -295,15 +298,7 @@ def test_ccid_rsa2048_on_card_and_keytocard(stack, ccid):
     assert ccid.card_key_fingerprints()["sig"] == host_fpr
     assert _field(ccid.card_status(), "Key attributes").startswith("ed25519 ")
     _sign_verify(ccid, host_fpr, 1000)
-
-
-def test_ccid_factory_reset(stack, ccid):
-    ccid.card_edit(["admin", "factory-reset"], {"cardedit.factory-reset.proceed": "y",
-                                                "cardedit.factory-reset.really": "yes"})
-    status = ccid.card_status()
-    assert _field(status, "Signature key") == "[none]"
-    assert _field(status, "KDF setting") == "off"
-    assert _field(status, "PIN retry counter") == "3 0 3"
+    ccid.host_fpr = host_fpr
     ccid.kill()                     # scdaemon lets go of the USB interface for pcscd
 
 
@@ -313,18 +308,28 @@ def test_ccid_factory_reset(stack, ccid):
 @pytest.fixture(scope="module")
 def pcsc(stack):
     stack.pcscd.restart()
-    stack.e2e.find_reader(lambda name: READER_MATCH in name, timeout=60)
-    return stack.gnupg("gnupg-pcsc", options=("disable-ccid",))
+    reader = str(stack.e2e.find_reader(lambda name: READER_MATCH in name, timeout=60))
+    # scdaemon over PC/SC takes the first reader, vsmartcard-vpcd's empty "Virtual PCD 00 00" here,
+    # unless reader-port names (a prefix of) ours
+    return stack.gnupg("gnupg-pcsc", options=("disable-ccid", f"reader-port {reader}"))
 
 
-def test_pcscd_gnupg(stack, pcsc):
+def test_pcscd_gnupg_and_factory_reset(stack, ccid, pcsc):
+    # the same card keys, now through pcscd + libccid: the public keys come from the first home
+    exported = ccid.run(["--batch", "--export"], input=b"").stdout
+    assert exported
+    pcsc.run(["--batch", "--import"], input=exported)
     status = _wait_card(pcsc)
     assert READER_MATCH in _field(status, "Reader"), status
+    assert _field(status, "Key attributes") == "ed25519 rsa2048 rsa2048"
+    _sign_verify(pcsc, ccid.host_fpr, 20_000)
+    _encrypt_decrypt(pcsc, ccid.rsa_fpr)          # RSA-2048 PSO:DECIPHER: a 257-byte extended APDU
+    pcsc.card_edit(["admin", "factory-reset"], {"cardedit.factory-reset.proceed": "y",
+                                                "cardedit.factory-reset.really": "yes"})
+    status = pcsc.card_status()
+    assert _field(status, "Signature key") == "[none]"
+    assert _field(status, "KDF setting") == "off"
     assert _field(status, "PIN retry counter") == "3 0 3"
-    pcsc.key_attr("ed25519", "cv25519", "ed25519")
-    pcsc.fpr = pcsc.generate_on_card("PCSC User", "pcsc@example.org")
-    _sign_verify(pcsc, pcsc.fpr, 20_000)
-    _encrypt_decrypt(pcsc, pcsc.fpr)
     pcsc.kill()
 
 
@@ -357,9 +362,36 @@ def test_opensc_openpgp_driver(stack, pcsc):
 # --------------------------------------------------------------------------- 4. two slots
 
 
+def _ssh_sign_verify(stack, g: GnuPG, n: int = 1) -> None:
+    """ssh-keygen -Y sign with the card's authentication key through gpg-agent, then verify."""
+    sock = g.run(["--list-dirs", "agent-ssh-socket"], binary="gpgconf").stdout.strip()
+    env = {"SSH_AUTH_SOCK": sock}
+    listed = stack.run(["ssh-add", "-L"], env=env).stdout
+    pub = g.home / "card_ssh.pub"
+    pub.write_text(listed.splitlines()[0] + "\n")
+    (g.home / "allowed_signers").write_text("card@example.org " + pub.read_text())
+    msg = g.home / "msg.txt"
+    for i in range(n):
+        msg.write_text(f"signature {i} through gpg-agent\n")
+        stack.run(["ssh-keygen", "-Y", "sign", "-f", str(pub), "-n", "file", str(msg)], env=env)
+        with open(msg, "rb") as f:
+            v = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(g.home / "allowed_signers"),
+                                "-I", "card@example.org", "-n", "file", "-s", str(msg) + ".sig"], stdin=f,
+                               capture_output=True, text=True, timeout=60)
+        assert v.returncode == 0 and "Good" in v.stdout, v
+        (g.home / "msg.txt.sig").unlink()
+
+
 def test_two_slots_piv_and_openpgp(stack):
     stack.pcscd.stop()
     stack.stop_daemon()
+    # slot 1's OpenPGP card is provisioned offline: an Ed25519 authentication key
+    card_dir = stack.state_dir / "cards" / "slot1-openpgp"
+    cli = [sys.executable, "-m", "ccidgadget", "card"]
+    stack.run([*cli, "create", "--type", "openpgp", "--dir", str(card_dir)])
+    stack.run([*cli, "generate", "--dir", str(card_dir), "--slot", "aut", "--algorithm", "ed25519"])
+    import json
+    offline = json.loads(stack.run([*cli, "show", "--dir", str(card_dir), "--json"]).stdout)
     stack.start_daemon("piv", "openpgp")
     # libccid's debug log says when the reader sends a time extension (RSA-3072 below)
     os.environ["LIBCCID_ifdLogLevel"] = "0x000F"
@@ -377,12 +409,13 @@ def test_two_slots_piv_and_openpgp(stack):
     slot0 = next(r for r in readers if r.endswith(" 00"))
     slot1 = next(r for r in readers if r.endswith(" 01"))
     # GnuPG: PC/SC, the OpenPGP card's reader by name, shared with OpenSC
-    g = stack.gnupg("gnupg-two", options=("disable-ccid", "pcsc-shared", f"reader-port {slot1}"))
+    g = stack.gnupg("gnupg-two", options=("disable-ccid", "pcsc-shared", f"reader-port {slot1}"), ssh=True)
     status = _wait_card(g)
     assert _field(status, "Reader") == slot1
-    g.key_attr("ed25519", "cv25519", "ed25519")
-    fpr = g.generate_on_card("Two Slots", "two@example.org")
-    # OpenSC uses the PIV card in slot 0 while GnuPG signs with slot 1
+    # the fingerprint ccidgadget computed offline is what GnuPG shows
+    aut = offline["keys"]["aut"]["fingerprint"]
+    assert _field(status, "Authentication key").replace(" ", "") == aut, status
+    # OpenSC uses the PIV card in slot 0 while GnuPG (gpg-agent's ssh support) signs with slot 1
     errors: list[str] = []
 
     def opensc_loop():
@@ -393,8 +426,7 @@ def test_two_slots_piv_and_openpgp(stack):
 
     t = threading.Thread(target=opensc_loop)
     t.start()
-    for _ in range(2):
-        _sign_verify(g, fpr, 1000)
+    _ssh_sign_verify(stack, g, n=2)
     t.join(120)
     assert not errors, errors[0]
     name0 = stack.run(["opensc-tool", "--reader", slot0, "--name"]).stdout
