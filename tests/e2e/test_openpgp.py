@@ -391,7 +391,8 @@ def test_two_slots_piv_and_openpgp(stack):
     stack.run([*cli, "create", "--type", "openpgp", "--dir", str(card_dir)])
     stack.run([*cli, "generate", "--dir", str(card_dir), "--slot", "aut", "--algorithm", "ed25519"])
     import json
-    offline = json.loads(stack.run([*cli, "show", "--dir", str(card_dir), "--json"]).stdout)
+    shown = stack.run([*cli, "show", "--dir", str(card_dir), "--json"]).stdout   # stderr (warnings) too
+    offline = json.loads(shown[shown.index("\n{") + 1:] if not shown.startswith("{") else shown)
     stack.start_daemon("piv", "openpgp")
     # libccid's debug log says when the reader sends a time extension (RSA-3072 below)
     os.environ["LIBCCID_ifdLogLevel"] = "0x000F"
