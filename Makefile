@@ -18,7 +18,8 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libaio1 libpcsclite-dev 
 	pcscd libccid opensc pcsc-tools vsmartcard-vpcd vsmartcard-vpicc python3-virtualsmartcard \
 	yubico-piv-tool libnss3-tools openssl openssh-client systemd \
 	python3-cryptography python3-pyscard python3-systemd groff-base debhelper dh-python lintian \
-	swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0
+	swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 \
+	scdaemon gnupg git
 
 .PHONY: deps venv vm test test-unit test-vm test-deb12 deb demo bench fuzz clean
 

@@ -145,6 +145,8 @@ CARD_TYPES: dict[str, CardType] = {t.name: t for t in (
     CardType("cac", "CAC with three certificates, as QEMU's ccid-card-emulated", "ccidgadget.cards.cac:build_card",
              keys=("certs", "db", "pin_file", "db_password_file"), rules=_cac_rules),
     CardType("iso", "a small ISO 7816-4 card (files, challenge, serial)", "ccidgadget.cards.iso:build_card"),
+    CardType("openpgp", "OpenPGP card 3.4 (GnuPG: sign, decrypt, ssh via gpg-agent)",
+             "ccidgadget.cards.openpgp:build_card"),
 )}
 DEFAULT_CARD_TYPE = "piv"
 

@@ -35,6 +35,7 @@ def main() -> int:
     if piv.exists():
         rc |= run([sys.executable, "-m", "ccidgadget.cards.piv.bench"])
     rc |= run([sys.executable, str(SCRIPTS / "bench_vault.py")])      # VERIFY, format 1 vs 2 (keys at rest)
+    rc |= run([sys.executable, "-m", "ccidgadget.cards.openpgp.bench"])    # the OpenPGP card in process
     latency = REPO / "tests" / "passthrough" / "bench_latency.py"
     if latency.exists():
         rc |= run([sys.executable, str(latency)])

@@ -137,6 +137,9 @@ def main() -> int:
     extra = REPO / "scripts" / "bench_piv.py"
     if extra.exists():
         subprocess.run([sys.executable, str(extra), "--guest"], check=False)
+    extra = REPO / "scripts" / "bench_openpgp.py"
+    if extra.exists():
+        subprocess.run([sys.executable, str(extra), "--guest"], check=False)
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from .base import EmulatedCard
 from .iso7816 import SW, ApduError, CommandAPDU, SHORT_LE_MAX, response
+from .storage import IntegrityError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Applet:
     name: str = "applet"
 
     def select(self, cmd: CommandAPDU) -> bytes:
-        """Called when SELECT picks this applet; returns the FCI / APT (no SW)."""
+        """Called when SELECT picks this applet; returns the FCI / APT (no SW), or (FCI, warning SW)."""
         return b""
 
     def deselect(self) -> None:
@@ -50,6 +51,61 @@ class Applet:
         for warnings that carry data (6282 and the like).
         """
         raise ApduError(SW.INS_NOT_SUPPORTED)
+
+    @staticmethod
+    def handler_for(cmd: CommandAPDU, ins_enum, handlers: dict):
+        """(INS, handler) for an interindustry-class command (CLA 00) that `handlers` knows;
+        6E00 for another class, 6D00 for an unknown instruction."""
+        if cmd.cla != 0x00:
+            raise ApduError(SW.CLA_NOT_SUPPORTED)
+        try:
+            ins = ins_enum(cmd.ins)
+        except ValueError:
+            raise ApduError(SW.INS_NOT_SUPPORTED) from None
+        handler = handlers.get(ins)
+        if handler is None:
+            raise ApduError(SW.INS_NOT_SUPPORTED)
+        return ins, handler
+
+
+class StatefulApplet(Applet):
+    """An applet whose card keeps its state in a `CardStore` (`card.store`, `card.state`).
+
+    `commit` saves a changed copy of the state before the answer leaves and only then makes it
+    current; `check_reference` compares a PIN/PUK/PW with its tearing-safe retry counter.  A
+    failed save is 6581 (memory failure) with the card left exactly as it was.
+    """
+
+    card: "AppletCard"
+
+    def commit(self, new_state) -> None:
+        try:
+            self.card.store.save(new_state.to_dict())
+        except StorageError as e:
+            log.error("%s card state not saved (%s); command refused, card state unchanged", self.name, e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+        self.card.state = new_state
+        self.committed()
+
+    def committed(self) -> None:
+        """Called once a new state is current (PIV: a key sealed while locked leaves memory)."""
+
+    def persist_current(self) -> None:
+        self.card.store.save(self.card.state.to_dict())
+
+    def check_reference(self, slot, value: bytes, what: str) -> bytes | None:
+        """`PinSlot.verify` with the current state as what its counter is saved in; the data key it opens.
+
+        A state that fails its integrity check (the verifier matches but the wrap does not open) and a
+        failed save are both 6581, with nothing checked or changed."""
+        try:
+            return slot.verify(value, self.persist_current, what)
+        except IntegrityError as e:
+            log.error("%s card: %s; %s refused", self.name, e, what)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+        except StorageError as e:
+            log.error("%s card state not saved (%s); %s not checked", self.name, e, what)
+            raise ApduError(SW.MEMORY_FAILURE) from None
 
 
 class AppletCard(EmulatedCard):
@@ -159,10 +215,14 @@ class AppletCard(EmulatedCard):
         for applet in self.applets:
             if applet.aid.startswith(aid):
                 fci = applet.select(cmd)
+                sw = SW.OK
+                if isinstance(fci, tuple):        # a warning such as 6285 (terminated application)
+                    fci, sw = fci
                 if self.selected is not None and self.selected is not applet:
                     self.selected.deselect()
                 self.selected = applet
-                return b"" if (cmd.p2 & 0x0C) == 0x0C else fci
+                data = b"" if (cmd.p2 & 0x0C) == 0x0C else fci
+                return (data, sw) if sw != SW.OK else data
         # ISO 7816-4 §11.2.2 / SP 800-73-4 §3.1.1: on failure the current
         # application stays selected.
         raise ApduError(SW.FILE_NOT_FOUND)

@@ -10,18 +10,22 @@ expose, each taking exactly what the card receives on the wire:
   exponent blinding d_p + k·(p−1)) because Python's `pow` is not constant
   time, and checked with the public exponent before release (a faulty CRT
   result would leak a factor of n).
-- `sign_ecdsa`: the host hashes; the card signs the hash (DER signature).
+- `sign_ecdsa`: the host hashes; the card signs the hash (DER signature;
+  `sign_ecdsa_raw` gives r‖s as the OpenPGP card returns it).
 - `ecdh`, `x25519`: key agreement with the peer's public key.
 - `sign_ed25519`: PureEdDSA over the whole message (as YubiKey 5.7 does).
 
 Key types are named by their PIV algorithm identifiers (SP 800-78-4 table
 6-2; E0/E1 are Yubico's for Ed25519/X25519), which other cards reuse as a
-plain key-type tag.
+plain key-type tag.  The curves only the OpenPGP card offers (P-521,
+brainpool, secp256k1) have no PIV identifier: their values lie above 0xFF,
+so no PIV byte can name them, and `PIV_ALGORITHMS` is what a PIV card takes.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -45,6 +49,12 @@ class ALGORITHM(enum.IntEnum):
     ECCP384 = 0x14
     ED25519 = 0xE0
     X25519 = 0xE1
+    # No PIV identifier (OpenPGP card 3.4 §4.4.3.10 curves): outside the byte range on purpose.
+    ECCP521 = 0x100
+    BRAINPOOLP256R1 = 0x101
+    BRAINPOOLP384R1 = 0x102
+    BRAINPOOLP512R1 = 0x103
+    SECP256K1 = 0x104
 
     @property
     def is_rsa(self) -> bool:
@@ -52,7 +62,7 @@ class ALGORITHM(enum.IntEnum):
 
     @property
     def is_ec(self) -> bool:
-        return self in (ALGORITHM.ECCP256, ALGORITHM.ECCP384)
+        return self in EC_CURVES
 
     @property
     def cli_name(self) -> str:
@@ -60,9 +70,21 @@ class ALGORITHM(enum.IntEnum):
 
 
 RSA_BITS = {ALGORITHM.RSA1024: 1024, ALGORITHM.RSA2048: 2048, ALGORITHM.RSA3072: 3072, ALGORITHM.RSA4096: 4096}
-EC_CURVES = {ALGORITHM.ECCP256: ec.SECP256R1, ALGORITHM.ECCP384: ec.SECP384R1}
-EC_FIELD_BYTES = {ALGORITHM.ECCP256: 32, ALGORITHM.ECCP384: 48}
-_PREHASH_BY_LEN = {32: hashes.SHA256, 48: hashes.SHA384}
+EC_CURVES = {ALGORITHM.ECCP256: ec.SECP256R1, ALGORITHM.ECCP384: ec.SECP384R1, ALGORITHM.ECCP521: ec.SECP521R1,
+             ALGORITHM.BRAINPOOLP256R1: ec.BrainpoolP256R1, ALGORITHM.BRAINPOOLP384R1: ec.BrainpoolP384R1,
+             ALGORITHM.BRAINPOOLP512R1: ec.BrainpoolP512R1, ALGORITHM.SECP256K1: ec.SECP256K1}
+EC_FIELD_BYTES = {ALGORITHM.ECCP256: 32, ALGORITHM.ECCP384: 48, ALGORITHM.ECCP521: 66,
+                  ALGORITHM.BRAINPOOLP256R1: 32, ALGORITHM.BRAINPOOLP384R1: 48, ALGORITHM.BRAINPOOLP512R1: 64,
+                  ALGORITHM.SECP256K1: 32}
+#: Bit length of each curve's group order n (FIPS 186-4 §6.4 truncates a hash to it).
+EC_ORDER_BITS = {ALGORITHM.ECCP256: 256, ALGORITHM.ECCP384: 384, ALGORITHM.ECCP521: 521,
+                 ALGORITHM.BRAINPOOLP256R1: 256, ALGORITHM.BRAINPOOLP384R1: 384, ALGORITHM.BRAINPOOLP512R1: 512,
+                 ALGORITHM.SECP256K1: 256}
+#: What a PIV card can hold (SP 800-78-4 table 6-2 + Yubico E0/E1).
+PIV_ALGORITHMS = tuple(a for a in ALGORITHM if a <= 0xFF)
+_PREHASH_BY_LEN = {32: hashes.SHA256, 48: hashes.SHA384, 64: hashes.SHA512}
+#: Longest hash the card signs: SHA-512.
+MAX_ECDSA_HASH = 64
 RSA_PUBLIC_EXPONENT = 65537
 #: Bits of the random multiple of (p−1) added to the CRT exponents.
 EXPONENT_BLINDING_BITS = 64
@@ -83,7 +105,8 @@ def algorithm_of(key) -> ALGORITHM:
         for alg, curve in EC_CURVES.items():
             if isinstance(key.curve, curve):
                 return alg
-        raise KeyLoadError(f"elliptic curve {key.curve.name} is not supported (use P-256 or P-384)")
+        raise KeyLoadError(f"elliptic curve {key.curve.name} is not supported (use P-256, P-384, P-521, "
+                           "brainpoolP256r1/P384r1/P512r1 or secp256k1)")
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return ALGORITHM.ED25519
     if isinstance(key, (x25519.X25519PrivateKey, x25519.X25519PublicKey)):
@@ -161,7 +184,7 @@ class CardKey:
         if self.algorithm.is_rsa:
             return RSA_BITS[self.algorithm]
         if self.algorithm.is_ec:
-            return EC_FIELD_BYTES[self.algorithm] * 8
+            return EC_ORDER_BITS[self.algorithm]
         return 256
 
     def public_point(self) -> bytes:
@@ -238,18 +261,26 @@ class CardKey:
     def sign_ecdsa(self, digest: bytes) -> bytes:
         """ECDSA over a hash the host computed; returns DER SEQUENCE{r, s}.
 
-        A hash longer than the field is truncated to its leftmost bytes
-        (FIPS 186-4 §6.4, exact for P-256/P-384 whose orders are whole
-        bytes); a shorter one is left-padded with zeros, which is the same
-        integer.
+        The hash becomes the integer of its leftmost n bits, n the bit
+        length of the group order (FIPS 186-4 §6.4): longer hashes are
+        truncated, shorter ones are the same integer left-padded with
+        zeros.  That integer is handed to OpenSSL as a "prehashed" value of
+        the largest standard size that OpenSSL will not truncate again.
         """
         if not self.algorithm.is_ec:
             raise TypeError(f"{self.algorithm.name} key cannot do ECDSA")
+        if not digest or len(digest) > MAX_ECDSA_HASH:
+            raise ValueError(f"hash must be 1..{MAX_ECDSA_HASH} bytes")
+        order_bits = EC_ORDER_BITS[self.algorithm]
+        e = int.from_bytes(digest, "big") >> max(0, 8 * len(digest) - order_bits)
+        size = max(n for n in _PREHASH_BY_LEN if 8 * n <= order_bits)
+        return self.private_key.sign(e.to_bytes(size, "big"), ec.ECDSA(utils.Prehashed(_PREHASH_BY_LEN[size]())))
+
+    def sign_ecdsa_raw(self, digest: bytes) -> bytes:
+        """ECDSA as r‖s, each left-padded to the field size (OpenPGP card 3.4 §7.2.10)."""
+        r, s = utils.decode_dss_signature(self.sign_ecdsa(digest))
         size = EC_FIELD_BYTES[self.algorithm]
-        if not digest:
-            raise ValueError("empty hash")
-        digest = bytes(digest[:size]).rjust(size, b"\x00")
-        return self.private_key.sign(digest, ec.ECDSA(utils.Prehashed(_PREHASH_BY_LEN[size]())))
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
     def ecdh(self, peer_point: bytes) -> bytes:
         """ECDH with the peer's uncompressed point; returns the shared X coordinate."""
@@ -314,6 +345,24 @@ def _pkcs1_digest_info(block: bytes):
         if info.startswith(prefix) and len(info) == len(prefix) + algorithm.digest_size:
             return algorithm(), info[len(prefix):]
     return None
+
+
+def rsa_key_from_primes(p: int, q: int, e: int = RSA_PUBLIC_EXPONENT, *, dp: int | None = None,
+                        dq: int | None = None, qinv: int | None = None) -> "rsa.RSAPrivateKey":
+    """The RSA private key with primes p, q and public exponent e (card key import).
+
+    The CRT values a host sent along (PIV FE, OpenPGP 7F48 tags 94-96) must be the ones p, q
+    and e imply; ValueError otherwise, or when p, q, e do not make an RSA key.
+    """
+    if p < 3 or q < 3 or p == q or e < 3 or e % 2 == 0:
+        raise ValueError("not an RSA key")
+    lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+    d = pow(e, -1, lam)             # ValueError if e is not invertible
+    want = (d % (p - 1), d % (q - 1), pow(q, -1, p))
+    for given, expected in zip((dp, dq, qinv), want):
+        if given is not None and given != expected:
+            raise ValueError("CRT components do not match the primes")
+    return rsa.RSAPrivateNumbers(p, q, d, want[0], want[1], want[2], rsa.RSAPublicNumbers(e, p * q)).private_key()
 
 
 # -- loading keys and certificates from files --------------------------------
@@ -428,5 +477,6 @@ def check_certificate_matches(key: CardKey, cert: x509.Certificate) -> None:
         raise KeyLoadError("the certificate does not belong to the key")
 
 
-__all__ = ["ALGORITHM", "CardKey", "LockedCardKey", "KeyBundle", "KeyLoadError", "algorithm_of", "load_key_and_cert",
+__all__ = ["ALGORITHM", "PIV_ALGORITHMS", "CardKey", "LockedCardKey", "KeyBundle", "rsa_key_from_primes", "KeyLoadError",
+           "algorithm_of", "load_key_and_cert",
            "check_certificate_matches", "public_key_der"]

@@ -78,7 +78,9 @@ class PinSlot:
     """One piece of reference data (PIN, PUK...) with its retry counter and its wrap of the data key.
 
     `value` given to `set()` / `verify()` is the exact byte string the card
-    compares (for PIV: the 8-byte padded block).
+    compares (for PIV: the 8-byte padded block).  `length` is the length of
+    the reference data: the OpenPGP card needs it to split CHANGE REFERENCE
+    DATA's "old ‖ new" (OpenPGP card 3.4 §7.2.3), so it is kept beside the verifier.
 
     Format 2 (cards/vault.py): one scrypt call gives S; ``vault.pin_keys(device, S)``
     gives the *verifier* (stored, compared with `hmac.compare_digest`) and the
@@ -90,7 +92,8 @@ class PinSlot:
 
     def __init__(self, *, max_tries: int, tries_left: int, salt: bytes, digest: bytes,
                  kdf: dict | None = None, is_default: bool = False, wrap: dict | None = None,
-                 legacy: bool = False, device: DeviceSecret = NO_DEVICE_SECRET, aad: bytes = b"") -> None:
+                 legacy: bool = False, device: DeviceSecret = NO_DEVICE_SECRET, aad: bytes = b"",
+                 length: int | None = None) -> None:
         if not 1 <= max_tries <= MAX_TRIES_LIMIT:
             raise ValueError(f"max tries must be 1..{MAX_TRIES_LIMIT}")
         self.max_tries = max_tries
@@ -107,6 +110,7 @@ class PinSlot:
         self._pending_kek: bytes | None = None   # from the last set(), until a data key is wrapped
         #: scrypt cost for the next set() (the configured [vault] cost); None: SCRYPT_N/R/P.
         self.next_kdf: dict | None = None
+        self.length = length
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -135,6 +139,7 @@ class PinSlot:
             self.wrap_data_key(dek)
         self.tries_left = self.max_tries
         self.is_default = is_default
+        self.length = len(value)
 
     def wrap_data_key(self, dek: bytes) -> None:
         """Wrap `dek` under the key derived by the last `set()`."""
@@ -234,6 +239,8 @@ class PinSlot:
              "tries_left": self.tries_left, "max_tries": self.max_tries, "is_default": self.is_default}
         if self.wrap is not None:
             d["wrap"] = dict(self.wrap)
+        if self.length is not None:
+            d["length"] = self.length
         return d
 
     @classmethod
@@ -251,6 +258,7 @@ class PinSlot:
                        salt=b64d(d["salt"]), digest=b64d(d["hash"] if legacy else d["verifier"]),
                        kdf={"name": "scrypt", "n": int(kdf["n"]), "r": int(kdf["r"]), "p": int(kdf["p"])},
                        is_default=bool(d.get("is_default", False)), wrap=None if legacy else wrap,
-                       legacy=legacy, device=device, aad=aad)
+                       legacy=legacy, device=device, aad=aad,
+                       length=int(d["length"]) if "length" in d else None)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StorageError(f"malformed PIN record: {e!r}") from None

@@ -1,4 +1,4 @@
-"""`ccidgadget card ...`: create and provision emulated PIV cards offline.
+"""`ccidgadget card ...`: create and provision emulated PIV and OpenPGP cards offline.
 
 Each command is a function (for tests and other front ends) plus an argparse
 sub-command registered by `add_card_subcommands(subparsers)`; the CLI calls
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..cryptocompat import not_valid_after
 from .iso7816 import ApduError
-from .keys import ALGORITHM, CardKey, KeyLoadError, load_key_and_cert
+from .keys import ALGORITHM, PIV_ALGORITHMS, CardKey, KeyLoadError, load_key_and_cert
 from .pin import piv_pad
 from .piv import objects
 from .piv.applet import PivCard, public_key_template  # noqa: F401  (re-exported for tools)
@@ -61,10 +62,13 @@ def parse_slot(text: str) -> int:
 
 def parse_algorithm(text: str) -> ALGORITHM:
     try:
-        return ALGORITHM[text.upper()]
+        alg = ALGORITHM[text.upper()]
+        if alg in PIV_ALGORITHMS:
+            return alg
     except KeyError:
-        names = ", ".join(a.cli_name for a in ALGORITHM)
-        raise ProvisionError(f"unknown algorithm {text!r} (one of {names})") from None
+        pass
+    names = ", ".join(a.cli_name for a in PIV_ALGORITHMS)
+    raise ProvisionError(f"unknown algorithm {text!r} (one of {names})") from None
 
 
 def parse_management_algorithm(text: str) -> MANAGEMENT_ALGORITHM:
@@ -140,6 +144,8 @@ def import_key(directory: Path, slot: int, path: Path, *, password: str | None =
         bundle = load_key_and_cert(path, password)
     except KeyLoadError as e:
         raise ProvisionError(str(e)) from None
+    if bundle.key.algorithm not in PIV_ALGORITHMS:
+        raise ProvisionError(f"a PIV card cannot hold a {bundle.key.algorithm.cli_name} key")
     new = card.state.clone()
     pp, tp = _policies(slot, pin_policy, touch_policy)
     entry = SlotKey(bundle.key, pp, tp, ORIGIN.IMPORTED)
@@ -257,10 +263,14 @@ def _print_show(info: dict) -> None:
 
 def _cmd(fn):
     def run(args) -> int:
+        from .openpgp.provision import OpenPgpProvisionError
         try:
-            fn(args)
+            if fn.__name__ in _OPENPGP and _is_openpgp(args):     # a card verb on an OpenPGP card
+                _OPENPGP[fn.__name__](args)
+            else:
+                fn(args)
             return 0
-        except ProvisionError as e:
+        except (ProvisionError, OpenPgpProvisionError) as e:
             print(f"ccidgadget card: {e}", file=sys.stderr)
             return 1
     return run
@@ -284,6 +294,82 @@ def vault_options(args) -> VaultOptions:
                                device_secret_path=options.device_secret_path, tpm_tcti=options.tpm_tcti,
                                migration_backup=options.migration_backup)
     return options
+
+
+# -- OpenPGP cards: the logic is in cards/openpgp/provision.py, here only its command line ---------
+
+def _is_openpgp(args) -> bool:
+    if getattr(args, "type", None):
+        return args.type == "openpgp"
+    # Only which code opens the card is decided here: opening it checks the state (permissions, MAC,
+    # device secret) as the daemon does.
+    store = CardStore(Path(args.dir))
+    try:
+        with open(store.path, "rb") as f:
+            return json.load(f).get("type") == "openpgp"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _openpgp_create(args) -> None:
+    from .openpgp import provision as pgp
+    card = pgp.create_card(args.dir, pw1=args.pin or pgp.DEFAULT_PW1, pw3=args.admin_pin or pgp.DEFAULT_PW3,
+                           serial=args.serial)
+    print(f"created OpenPGP card {card.state.serial:08X} in {args.dir}")
+
+
+def _openpgp_import(args) -> None:
+    from .openpgp import provision as pgp
+    info = pgp.import_key(args.dir, pgp.parse_key_slot(args.slot), Path(args.file), password=args.password)
+    print(f"imported {info['algorithm']} key into {info['slot']}, fingerprint {info['fingerprint']}")
+
+
+def _openpgp_generate(args) -> None:
+    from .openpgp import provision as pgp
+    info = pgp.generate_key(args.dir, pgp.parse_key_slot(args.slot), pgp.parse_algorithm(args.algorithm))
+    print(f"generated {info['algorithm']} key in {info['slot']}, fingerprint {info['fingerprint']}")
+
+
+def _openpgp_show(args) -> None:
+    from .openpgp import provision as pgp
+    info = pgp.show_card(args.dir)
+    if args.json:
+        import json
+        print(json.dumps(info, indent=2))
+        return
+    print(f"OpenPGP card {info['serial']} in {info['directory']} (created {info['created']})")
+    for name, label in (("pw1", "PIN (PW1)"), ("pw3", "admin PIN (PW3)")):
+        p = info[name]
+        print(f"  {label}: {p['tries_left']}/{p['max_tries']} tries left" + (" (DEFAULT value)" if p["default"] else ""))
+    rc = info["reset_code"]
+    print(f"  resetting code: " + (f"{rc['tries_left']} tries left" if rc["set"] else "not set"))
+    print(f"  KDF: {'on' if info['kdf'] else 'off'}; signatures made: {info['signature_counter']}")
+    for slot, k in info["keys"].items():
+        print(f"  {slot}: " + ", ".join(f"{a}={v}" for a, v in k.items()))
+
+
+def _openpgp_change_pin(args) -> None:
+    from .openpgp import provision as pgp
+    which = "pw3" if args.admin else "pw1"
+    what = "admin PIN" if args.admin else "PIN"
+    old = args.old if args.old is not None else _read_secret(f"current {what}: ")
+    new = args.new if args.new is not None else _read_secret(f"new {what}: ")
+    pgp.change_pin(args.dir, old, new, which=which)
+    print(f"{what} changed")
+
+
+def _reset(args) -> None:
+    raise ProvisionError("only OpenPGP cards have `card reset` (a PIV card is reset with yubico-piv-tool -a reset)")
+
+
+def _openpgp_reset(args) -> None:
+    from .openpgp import provision as pgp
+    info = pgp.reset_card(args.dir)
+    print(f"OpenPGP card {info['serial']} reset to factory defaults (PIN 123456, admin PIN 12345678)")
+
+
+_OPENPGP = {"_create": _openpgp_create, "_import": _openpgp_import, "_generate": _openpgp_generate,
+            "_show": _openpgp_show, "_change_pin": _openpgp_change_pin, "_reset": _openpgp_reset}
 
 
 @_cmd
@@ -357,7 +443,7 @@ def _tpm_seal(args) -> None:
 
 
 def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
-    """Register `card create|import|generate|show|change-pin` under the CLI's subparsers."""
+    """Register `card create|import|generate|show|change-pin|reset` under the CLI's subparsers."""
     card = subparsers.add_parser("card", help="create and provision emulated cards (offline)",
                                  description=__doc__.split("\n\n")[0])
     sub = card.add_subparsers(dest="card_command", required=True, metavar="COMMAND")
@@ -369,8 +455,10 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     kdf.add_argument("--kdf-log2-n", type=int, metavar="L",
                      help="scrypt cost of the new PIN/PUK wraps: N = 2^L (default: [vault] kdf_log2_n, 14)")
 
-    p = sub.add_parser("create", help="create a PIV card directory", parents=[common, kdf])
+    p = sub.add_parser("create", help="create a PIV or OpenPGP card directory", parents=[common, kdf])
     p.add_argument("--dir", type=Path, required=True, help="card state directory (created, mode 0700)")
+    p.add_argument("--type", choices=("piv", "openpgp"), default="piv", help="card type (default piv)")
+    p.add_argument("--admin-pin", help="OpenPGP: initial admin PIN (PW3), 8+ characters (default 12345678)")
     p.add_argument("--pin", help=f"initial PIN, 6-8 characters (default {DEFAULT_PIN})")
     p.add_argument("--puk", help=f"initial PUK, 6-8 characters (default {DEFAULT_PUK})")
     p.add_argument("--mgmt-key", help="management key in hex (default: the well-known default key)")
@@ -380,7 +468,7 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import a key (+ certificate) from PEM, DER or PKCS#12", parents=[common])
     p.add_argument("--dir", type=Path, required=True)
-    p.add_argument("--slot", required=True, help="9a, 9c, 9d, 9e or 82..95")
+    p.add_argument("--slot", required=True, help="PIV: 9a, 9c, 9d, 9e or 82..95; OpenPGP: sig, dec or aut")
     p.add_argument("file")
     p.add_argument("--password", help="password of an encrypted key or PKCS#12 file")
     p.add_argument("--pin-policy", choices=policies[0])
@@ -390,7 +478,10 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate a key with a self-signed certificate or a CSR", parents=[common])
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--slot", required=True)
-    p.add_argument("--algorithm", required=True, help=", ".join(a.cli_name for a in ALGORITHM))
+    p.add_argument("--algorithm", required=True,
+                   help="PIV: " + ", ".join(a.cli_name for a in PIV_ALGORITHMS)
+                   + "; OpenPGP: rsa2048, rsa3072, rsa4096, nistp256/384/521, brainpoolP256r1/384r1/512r1, "
+                   "secp256k1, ed25519, cv25519")
     p.add_argument("--subject", help='certificate subject, "/CN=name/O=org" or "CN=name,O=org"')
     p.add_argument("--csr", metavar="OUT", help="write a PEM CSR here instead of storing a self-signed certificate")
     p.add_argument("--days", type=int, default=365, help="validity of the self-signed certificate")
@@ -405,7 +496,8 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("change-pin", help="change the PIN (or PUK) offline; values from stdin unless given", parents=[common, kdf])
     p.add_argument("--dir", type=Path, required=True)
-    p.add_argument("--puk", action="store_true", help="change the PUK instead of the PIN")
+    p.add_argument("--puk", action="store_true", help="PIV: change the PUK instead of the PIN")
+    p.add_argument("--admin", action="store_true", help="OpenPGP: change the admin PIN (PW3) instead of PW1")
     p.add_argument("--old", help="current value (prefer standard input: options show in `ps`)")
     p.add_argument("--new", help="new value")
     p.set_defaults(func=_change_pin)
@@ -418,6 +510,10 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, required=True, help="directory for seal.pub and seal.priv")
     p.add_argument("--tcti", help="TPM2TOOLS_TCTI (default: tpm2-tools' own, /dev/tpmrm0)")
     p.set_defaults(func=_tpm_seal)
+
+    p = sub.add_parser("reset", help="OpenPGP: factory reset (keys, PINs and data objects erased)")
+    p.add_argument("--dir", type=Path, required=True)
+    p.set_defaults(func=_cmd(_reset))
     return card
 
 

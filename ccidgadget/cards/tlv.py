@@ -106,3 +106,16 @@ def unwrap(data: bytes, tag: int) -> bytes:
     if len(items) != 1 or items[0][0] != tag:
         raise ApduError(SW.WRONG_DATA, f"expected one TLV {tag:X}")
     return items[0][1]
+
+
+def parse_header_list(data: bytes) -> list[tuple[int, int]]:
+    """A header list: tags with lengths but no values (ISO 7816-4 §8.5.2, the OpenPGP card's
+    7F48 template); returns [(tag, length), ...]."""
+    data = bytes(data)
+    out = []
+    i = 0
+    while i < len(data):
+        tag, i = _read_tag(data, i)
+        length, i = _read_length(data, i)
+        out.append((tag, length))
+    return out

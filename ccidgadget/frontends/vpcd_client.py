@@ -223,7 +223,7 @@ _DESCRIPTION = ("Connect to the vpcd driver of pcscd (package vsmartcard-vpcd) a
 
 def add_vpcd_card_subcommand(subparsers, card_factory: CardFactory | None = None,
                              card_types: tuple[str, ...] | None = None):
-    """`ccidgadget vpcd-card --type piv|iso|cac [--host H] [--port P] [--once] [card options]`.
+    """`ccidgadget vpcd-card --type piv|iso|cac|openpgp [--host H] [--port P] [--once] [card options]`.
 
     Sets `func` on the parsed namespace: `args.func(args)` runs until
     interrupted and returns an exit status.

@@ -15,6 +15,12 @@
    thinks it is enabled (the DISABLE not read yet, or superseded by a pending ENABLE) we resubmit, or the
    block could be parked after the ENABLE that should have resubmitted it.  A resubmission that itself
    fails with EAGAIN hands the block back (`_release`) instead of losing it.
+
+3. The other way round: SET_INTERFACE (scdaemon's own CCID driver sends one each time it opens the reader)
+   makes f_fs disable and re-enable the endpoints and post an ENABLE without a DISABLE.  The reads it
+   cancelled complete with ESHUTDOWN through a workqueue, often *after* that ENABLE was read: parked then,
+   nothing would submit them again and every bulk-OUT transfer of the host would time out.  So while the
+   function is enabled an ESHUTDOWN completion is resubmitted like any other.
 """
 
 from __future__ import annotations
@@ -39,8 +45,11 @@ class ParkingOutEndpoint(functionfs.EndpointOUTFile):
         raise NotImplementedError
 
     def _onComplete(self, aio_block, res, res2):
-        if res == -errno.EAGAIN and not self.endpoint_enabled():
+        enabled = self.endpoint_enabled()
+        if res == -errno.EAGAIN and not enabled:
             res = -errno.ESHUTDOWN
+        elif res == -errno.ESHUTDOWN and enabled:          # (3.)
+            res = -errno.EAGAIN
         try:
             super()._onComplete(aio_block, res, res2)
         except OSError as e:

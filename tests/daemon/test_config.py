@@ -146,7 +146,7 @@ def test_every_cli_option_has_a_key_with_the_same_default():
     ("[[slot]]\n" * 9, r"slot: 9 \[\[slot\]\] tables; allowed: 1\.\.8"),
     ("[slot]\nengine = 'vpcd'", r"slot: must be an array of tables \(\[\[slot\]\] sections\), not a table"),
     ('[[slot]]\nengine = "nfc"', r"slot\[0\]\.engine: 'nfc' is not allowed; allowed: emulated, passthru, vpcd, pcsc"),
-    ('[[slot]]\ntype = "openpgp"', r"slot\[0\]\.type: 'openpgp' is not allowed; allowed: piv, cac, iso"),
+    ('[[slot]]\ntype = "yubikey"', r"slot\[0\]\.type: 'yubikey' is not allowed; allowed: piv, cac, iso, openpgp"),
     ('[[slot]]\ntype = "cac"\ncerts = ["a", "b"]', r"slot\[0\]\.certs: a CAC card needs exactly 3 certificates .*got 2"),
     ('[[slot]]\ncerts = ["a", "b", "c"]', r"slot\[0\]\.certs: only a type = \"cac\" card takes certs"),
     ('[[slot]]\ntype = "cac"\ncerts = "a"', r"slot\[0\]\.certs: must be an array of strings"),

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Fuzz targets `iso_card`, `piv_card`, `cac_card`: each emulated card's `process_apdu`.
+"""Fuzz targets `iso_card`, `piv_card`, `cac_card`, `openpgp_card`: each emulated card's `process_apdu`.
 
 The input is a program of APDUs and card-level moves (reset, reopen from the
 store, and helpers that do what random bytes cannot: authenticate with the
@@ -463,6 +463,124 @@ def cac_seeds() -> dict[str, bytes]:
     }
 
 
+# -- OpenPGP -------------------------------------------------------------------------------
+OPENPGP_AID = bytes.fromhex("D27600012401")
+
+
+class OpenPgpDriver(CardDriver):
+    """The OpenPGP card with a key of each family in the three slots, so that signing,
+    decryption (RSA and ECDH) and authentication are reachable without a valid GENERATE first.
+    Specials: 10 VERIFY PW3, 11 VERIFY PW1 (81 and 82), 13 reopen from the store, 14 SELECT."""
+
+    def __init__(self) -> None:
+        from ccidgadget.cards.keys import ALGORITHM, CardKey
+        from ccidgadget.cards.openpgp import KEY, OpenPgpCard
+        from ccidgadget.cards.openpgp.attributes import KeyAttributes
+        from ccidgadget.cards.openpgp.constants import KEY_STATUS
+        from ccidgadget.cards.openpgp.state import KeyEntry
+        from ccidgadget.cards.presence import UserPresence
+        class Button(UserPresence):          # a source that says yes and no in turn
+            def __init__(self):
+                self.n = 0
+
+            @property
+            def available(self):
+                return True
+
+            def confirm(self, what):
+                self.n += 1
+                return bool(self.n % 2)
+
+        _cheap_cards()
+        self.capture = LogCapture("ccidgadget.cards.applet", "emulated card failed")
+        self.store = MemoryStore("openpgp")
+        self.Button = Button
+        card = OpenPgpCard.create(self.store, serial=0x01020304)
+        for key, alg in ((KEY.SIG, ALGORITHM.ED25519), (KEY.DEC, ALGORITHM.X25519), (KEY.AUT, ALGORITHM.ECCP256)):
+            card.state.attributes[key] = KeyAttributes.for_algorithm(key, alg)
+            card.state.keys[key] = KeyEntry(CardKey.generate(alg), KEY_STATUS.GENERATED)
+        self.store.save(card.state.to_dict())
+        self.pristine = card.state
+        self.pristine_bytes = self.store.raw
+        self.OpenPgpCard = OpenPgpCard
+
+    def __call__(self, data: bytes) -> None:
+        self.store.raw = self.pristine_bytes
+        card = self.OpenPgpCard(self.store, self.pristine.clone(), presence=self.Button())
+        card.reset()
+        card = self.program(card, data)
+        raw = self.store.raw
+        if raw == self.pristine_bytes and card.state.to_dict() == self.pristine.to_dict():
+            return
+        stored = {k: v for k, v in self.store.load().items() if k not in ("format", "version")}
+        if stored != card.state.to_dict():
+            raise Finding("the stored OpenPGP state differs from the card's state in memory")
+        again = self.OpenPgpCard.open(self.store)
+        again.reset()
+        resp = again.process_apdu(b"\x00\xA4\x04\x00\x06" + OPENPGP_AID)
+        self.capture.check("reopened OpenPGP card")
+        if resp[-2:] not in (b"\x90\x00", b"\x62\x85"):
+            raise Finding(f"the OpenPGP card reopened from its store answers SELECT with {resp[-2:].hex()}")
+
+    def special(self, card, kind, inp):
+        if kind == 10:
+            self.apdu(card, b"\x00\x20\x00\x83\x08" + b"12345678")
+        elif kind == 11:
+            self.apdu(card, b"\x00\x20\x00\x81\x06" + b"123456")
+            self.apdu(card, b"\x00\x20\x00\x82\x06" + b"123456")
+        elif kind == 13:
+            card = self.OpenPgpCard.open(self.store, presence=self.Button())
+            card.reset()
+        elif kind == 14:
+            self.apdu(card, b"\x00\xA4\x04\x00\x06" + OPENPGP_AID)
+        return card
+
+
+def openpgp_seeds() -> dict[str, bytes]:
+    from ccidgadget.cards.tlv import tlv
+
+    pw3, pw1, sel = bytes([10]), bytes([11]), bytes([14])
+
+    def ext(head: str, data: bytes) -> bytes:
+        return apdu_op(bytes.fromhex(head) + b"\x00" + len(data).to_bytes(2, "big") + data + b"\x00\x00")
+
+    point = tlv(0xA6, tlv(0x7F49, tlv(0x86, bytes(range(1, 33)))))
+    kdf = (bytes.fromhex("810103820108830403000000") + tlv(0x84, bytes(8)) + tlv(0x87, bytes(32))
+           + tlv(0x88, bytes(range(32))))
+    return {
+        "status-dos": sel + hexop("00CA004F00") + hexop("00CA5F5200") + hexop("00CA006E00") + hexop("00CA006500")
+        + hexop("00CA007A00") + hexop("00CA00C400") + hexop("00CA7F7400") + hexop("00CA00FA00") + hexop("00CA00F900"),
+        "verify-wrong-right": sel + hexop("0020008106 393939393939") + hexop("00200081") + pw1 + hexop("00200081")
+        + hexop("0020FF81"),
+        "sign-ed25519": sel + pw1 + hexop("002A9E9A 05 68656C6C6F 00"),
+        "sign-700-extended": sel + pw1 + ext("00880000", bytes(700)),
+        "sign-700-chained": sel + pw1 + cmdop("10880000", bytes(254)) + cmdop("10880000", bytes(254))
+        + cmdop("00880000", bytes(192), le=True),
+        "ecdh-x25519": sel + pw1 + cmdop("002A8086", point, le=True),
+        "mse-swap": sel + pw1 + hexop("002241A4 03 830102") + hexop("0088000004 41424344 00")
+        + hexop("002241B8 03 830103") + cmdop("002A8086", point, le=True),
+        "attributes-generate": sel + pw3 + hexop("00DA00C1 0A 162B06010401DA470F01") + hexop("0047800002B60000")
+        + hexop("00DA00C2 09 122A8648CE3D030107") + hexop("0047800002B80000") + hexop("0047810002A40000"),
+        "import-ed25519": sel + pw3 + ext("00DB3FFF", tlv(0x4D, bytes.fromhex("B600") + tlv(0x7F48, b"\x92\x20")
+                                                       + tlv(0x5F48, bytes(range(32))))),
+        "put-dos": sel + pw3 + cmdop("00DA005B", b"Doe<<Jo") + cmdop("00DA00C7", bytes(20)) + hexop("00DA00CE04 01020304")
+        + hexop("00DA00C40100") + cmdop("00DA00D3", b"12345678") + pw1 + cmdop("00DA0101", b"x" * 20)
+        + hexop("00CA010300"),
+        "kdf": sel + pw3 + cmdop("00DA00F9", kdf) + apdu_op(b"\x00\x20\x00\x83\x20" + bytes(range(32))),
+        "uif": sel + pw3 + hexop("00DA00D6020120") + pw1 + hexop("002A9E9A0161 00") + hexop("002A9E9A0161 00"),
+        "certificate-select-data": sel + pw3 + hexop("00A5010406 60045C027F21") + ext("00DA7F21", b"C" * 600)
+        + hexop("00A5000406 60045C027F21") + hexop("00CC7F2100") + hexop("00CA7F2100") + hexop("00C0000000"),
+        "passwd-reset-code": sel + hexop("002400810C 313233343536 363534333231") + pw3
+        + cmdop("00DA00D3", b"rc-12345") + hexop("002C00810E 72632D3132333435 313131313131")
+        + hexop("002C028106 323232323232"),
+        "terminate-activate": sel + pw3 + hexop("00E60000") + sel + hexop("00CA004F00") + hexop("00440000") + sel
+        + bytes([13]) + hexop("00CA00C400"),
+        "challenge": hexop("0084000010") + apdu_op(bytes.fromhex("00840000000400")),
+        "reopen": sel + pw3 + hexop("0020008308 3939393939393939") + bytes([13]) + hexop("00200083"),
+    }
+
+
 register(Target("iso_card", IsoDriver, iso_seeds, max_len=8192, bounded_runs=2000))
+register(Target("openpgp_card", OpenPgpDriver, openpgp_seeds, max_len=8192, bounded_runs=1000))
 register(Target("piv_card", PivDriver, piv_seeds, max_len=8192, bounded_runs=1000))
 register(Target("cac_card", CacDriver, cac_seeds, max_len=4096, bounded_runs=600))

@@ -275,3 +275,42 @@ def test_config_with_a_pin_at_debug(tmp_path, logs, capsys):
     logging.getLogger("ccidgadget.daemon").debug("marker: configuration checked")
     out = capsys.readouterr()
     assert_clean(logs.texts + [out.out, out.err], {"PIN": forms(PIN)})
+
+
+# -- the OpenPGP card --------------------------------------------------------------------------------
+def test_openpgp_at_debug(tmp_path, logs):
+    from ccidgadget.cards.openpgp import OpenPgpCard
+
+    pw1, pw3, new_pw1, rc = "31415926", "27182818-admin", "16180339", "rc-14142135"
+    card = OpenPgpCard.create(CardStore(tmp_path / "pgp"), pw1=pw1, pw3=pw3)
+    card.reset()
+
+    def tx(apdu: bytes) -> int:
+        r = card.process_apdu(apdu)
+        return int.from_bytes(r[-2:], "big")
+
+    def cmd(ins, p1, p2, data=b""):
+        return bytes((0x00, ins, p1, p2, len(data))) + data
+
+    assert tx(bytes.fromhex("00A4040006D27600012401")) == 0x9000
+    assert tx(cmd(0x20, 0x00, 0x81, b"000000")) == 0x63C2
+    assert tx(cmd(0x20, 0x00, 0x83, pw3.encode())) == 0x9000
+    assert tx(cmd(0x24, 0x00, 0x81, pw1.encode() + new_pw1.encode())) == 0x9000
+    assert tx(cmd(0xDA, 0x00, 0xD3, rc.encode())) == 0x9000
+    assert tx(cmd(0x2C, 0x00, 0x81, rc.encode() + pw1.encode())) == 0x9000
+    assert tx(cmd(0xDA, 0x00, 0xC1, bytes.fromhex("132A8648CE3D030107"))) == 0x9000
+    imported = ec.generate_private_key(ec.SECP256R1())
+    scalar = imported.private_numbers().private_value.to_bytes(32, "big")
+    body = bytes.fromhex("B600") + tlv(0x7F48, b"\x92\x20") + tlv(0x5F48, scalar)
+    assert tx(cmd(0xDB, 0x3F, 0xFF, tlv(0x4D, body))) == 0x9000                    # key import
+    assert tx(cmd(0xDA, 0x00, 0xC3, bytes.fromhex("132A8648CE3D030107"))) == 0x9000
+    assert tx(cmd(0x47, 0x80, 0x00, bytes.fromhex("A400")) + b"\x00") == 0x9000      # generate
+    generated = card.state.keys[3].key.private_key
+    real = card.store.save
+    card.store.save = lambda state: (_ for _ in ()).throw(StorageError("no space left on the device"))
+    assert tx(cmd(0x20, 0x00, 0x82, pw1.encode())) == 0x6581
+    card.store.save = real
+    OpenPgpCard.open(card.store)
+    assert_clean(logs.texts, {"PW1": forms(pw1), "PW3": forms(pw3), "new PW1": forms(new_pw1),
+                              "resetting code": forms(rc), "imported key": private_forms(imported),
+                              "generated key": private_forms(generated)})

@@ -28,15 +28,15 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ...cryptocompat import TripleDES
-from ..applet import Applet, AppletCard
+from ..applet import AppletCard, StatefulApplet
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
-from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey
+from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey, rsa_key_from_primes
 from ..pin import PIV_PIN_MAX, piv_check_padded, piv_pad
-from ..storage import CardStore, IntegrityError, StorageError
+from ..storage import CardStore, StorageError
 from ..vault import DEFAULT_OPTIONS, VaultOptions, save_migrated, warn_if_unbound
 from ..tlv import parse_dict, parse_tlv, tlv, unwrap
 from . import objects
@@ -90,7 +90,7 @@ def public_key_template(key: CardKey) -> bytes:
     return tlv(0x86, key.public_point())
 
 
-class PivApplet(Applet):
+class PivApplet(StatefulApplet):
     aid = PIV_AID
     name = "PIV"
 
@@ -126,45 +126,22 @@ class PivApplet(Applet):
 
     # -- dispatch -----------------------------------------------------------
     def process(self, cmd: CommandAPDU):
-        if cmd.cla != 0x00:
-            raise ApduError(SW.CLA_NOT_SUPPORTED)
-        try:
-            ins = INS(cmd.ins)
-        except ValueError:
-            raise ApduError(SW.INS_NOT_SUPPORTED) from None
-        handler = self._HANDLERS.get(ins)
-        if handler is None:
-            raise ApduError(SW.INS_NOT_SUPPORTED)
+        ins, handler = self.handler_for(cmd, INS, self._HANDLERS)
         if ins != INS.GENERAL_AUTHENTICATE and ins not in _PASSIVE:
             self._auth_pending = None
         return handler(self, cmd)
 
     # -- persistence --------------------------------------------------------
-    def _commit(self, new_state: PivState) -> None:
-        """Save `new_state`; on success make it current, else 6581 with the old state kept."""
-        try:
-            self.card.store.save(new_state.to_dict())
-        except StorageError as e:
-            log.error("PIV card state not saved (%s); command refused, card state unchanged", e)
-            raise ApduError(SW.MEMORY_FAILURE) from None
-        self.card.state = new_state
+    _commit = StatefulApplet.commit
+    _persist_current = StatefulApplet.persist_current
+
+    def committed(self) -> None:
         if self.card.session is None:
             self.card.lock()        # a key generated or imported while locked leaves memory once sealed
 
-    def _persist_current(self) -> None:
-        self.card.store.save(self.state.to_dict())
-
     def _verify_reference(self, which: str, block: bytes) -> bytes:
-        """VERIFY-style check of the PIN or PUK with its counter; the data key it opens (StorageError → 6581)."""
-        slot = self.state.pin if which == "pin" else self.state.puk
-        try:
-            return slot.verify(block, self._persist_current, which.upper())
-        except IntegrityError as e:
-            log.error("PIV card %d: %s; %s refused", self.state.serial, e, which.upper())
-            raise ApduError(SW.MEMORY_FAILURE) from None
-        except StorageError as e:
-            log.error("PIV card state not saved (%s); %s not checked", e, which.upper())
-            raise ApduError(SW.MEMORY_FAILURE) from None
+        """VERIFY-style check of the PIN or PUK with its counter; the data key it opens (6581 if unusable)."""
+        return self.check_reference(self.state.pin if which == "pin" else self.state.puk, block, which.upper())
 
     # -- access conditions --------------------------------------------------
     def _require_mgmt(self) -> None:
@@ -517,15 +494,7 @@ class PivApplet(Applet):
                 if set(c) != {1, 2, 3, 4, 5}:
                     raise ApduError(SW.WRONG_DATA)
                 p, q, dp, dq, qinv = (int.from_bytes(c[i], "big") for i in (1, 2, 3, 4, 5))
-                e = RSA_PUBLIC_EXPONENT
-                if p < 3 or q < 3 or p == q:
-                    raise ApduError(SW.WRONG_DATA)
-                phi_p, phi_q = p - 1, q - 1
-                d = pow(e, -1, (phi_p * phi_q) // _gcd(phi_p, phi_q))
-                if dp != d % phi_p or dq != d % phi_q or qinv != pow(q, -1, p):
-                    raise ApduError(SW.WRONG_DATA)
-                private = rsa.RSAPrivateNumbers(p, q, d, dp, dq, qinv,
-                                                rsa.RSAPublicNumbers(e, p * q)).private_key()
+                private = rsa_key_from_primes(p, q, RSA_PUBLIC_EXPONENT, dp=dp, dq=dq, qinv=qinv)
             elif alg.is_ec:
                 size = EC_FIELD_BYTES[alg]
                 if set(c) != {6} or len(c[6]) != size:
@@ -690,12 +659,6 @@ class PivApplet(Applet):
         INS.IMPORT_ASYMMETRIC_KEY: import_asymmetric_key,
         INS.SET_MANAGEMENT_KEY: set_management_key,
     }
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 class PivCard(AppletCard):
