@@ -1,0 +1,81 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The unit, property and corpus suites again on 32-bit ARM: a Debian armhf userland under qemu-user.
+
+Raspberry Pi OS on a Pi Zero/1/2 (and the 32-bit image on any Pi) is a 32-bit ARM userland with
+Debian 12's python3-cryptography 38.0.4 (PyPI has no 32-bit ARM wheel of a newer one). This test
+runs ``pytest -m 'not vm'`` from this checkout inside the armhf chroot of tests/vm/rootfs.py
+(debootstrap through binfmt_misc + qemu-user-static; Debian's cryptography, pyscard, systemd;
+the rest of the project's requirements from PyPI in a venv), in private mount and network
+namespaces, so every struct layout, ctypes size and wire encoding the suites check is checked with
+4-byte pointers and longs (the FunctionFS/AIO adapters' python-functionfs and python-libaio
+structures included; tests/usb/test_abi.py checks those against the kernel's sizes).
+
+Why armhf and not armel: armhf (ARMv7, hard-float EABI) is the ABI Raspberry Pi OS's 32-bit
+userland uses on every Pi (it is rebuilt for ARMv6 there, with the same struct layouts and calling
+convention); armel (soft-float) runs on a Pi Zero's ARMv6 too but is not what a Pi runs, and the
+32-bit layouts this test is about are the same in both.
+
+Not run there: the bounded fuzzing (atheris has no ARM build; the corpus replay runs) and the
+``vm`` tests (they boot guests). If the chroot cannot be built (no binfmt_misc, no network for
+the first build), the test is skipped with the reason, or fails when ``CI=true``.
+Wall time: preparation (first run) and the suite are printed; CCIDGADGET_ARM32_TIMEOUT bounds the
+suite (default 1500 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_vm import testbed  # tests/vm/ loaded by path once, there
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = float(os.environ.get("CCIDGADGET_ARM32_TIMEOUT", "1500"))
+ROOT = "armhf"
+
+pytestmark = pytest.mark.vm
+rootfs = testbed.rootfs()
+
+
+@pytest.fixture(scope="module")
+def armhf_root():
+    t0 = time.monotonic()
+    try:
+        root = rootfs.ensure_root(rootfs.ROOT_SPECS[ROOT], ROOT)
+    except rootfs.RootUnavailable as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"armhf chroot unavailable in CI: {e}", pytrace=False)
+        pytest.skip(f"armhf chroot unavailable: {e}")
+    print(f"armhf root ready in {time.monotonic() - t0:.0f} s")
+    return root
+
+
+def test_unit_suites_on_armhf(armhf_root, tmp_path):
+    env = {**rootfs.CHROOT_ENV, "PYTHONPATH": str(REPO), "CI": os.environ.get("CI", ""),
+           "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "")}
+    env = {k: v for k, v in env.items() if v}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)           # compiling under qemu-user is slow: keep .pyc
+    probe = ("import platform, struct, ctypes, cryptography; "
+             "print(platform.machine(), struct.calcsize('P') * 8, 'bit, cryptography', cryptography.__version__)")
+    pytest_argv = [f"{rootfs.VENV}/bin/python", "-m", "pytest", "-m", "not vm", "-q", "-p", "no:cacheprovider",
+                   "-k", "not test_bounded_fuzzing", "-o", "addopts=-ra"]
+    script = f"{rootfs.VENV}/bin/python -c {shlex.quote(probe)} && exec " + " ".join(shlex.quote(a) for a in pytest_argv)
+    argv = rootfs.chroot_argv(armhf_root, ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "/bin/sh", "-c", script],
+                              binds=[REPO], cwd=str(REPO), private_net=True)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, errors="replace", timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
+        pytest.fail(f"the armhf suites did not finish in {TIMEOUT:.0f} s\n{out[-6000:]}", pytrace=False)
+    (tmp_path / "armhf-pytest.log").write_text(p.stdout)
+    took = time.monotonic() - t0
+    lines = p.stdout.strip().splitlines()
+    print(f"armhf suites: {took:.0f} s; {lines[0] if lines else ''}; {lines[-1] if lines else ''}")
+    assert lines and lines[0].startswith("armv7l 32 bit"), f"not a 32-bit ARM userland:\n{p.stdout[-3000:]}"
+    assert p.returncode == 0, f"pytest on armhf: exit {p.returncode} after {took:.0f} s\n{p.stdout[-12000:]}"
