@@ -60,17 +60,16 @@ def pct(values, p):
 
 
 class Stack:
-    """The daemon plus pcscd, torn down on exit."""
+    """The daemon (or ``command``, another gadget with the daemon's identity) plus pcscd, torn down on exit."""
 
-    def __init__(self, *args: str):
-        self.args = args
+    def __init__(self, *args: str, command: list[str] | None = None):
+        self.command = command or [sys.executable, "-m", "ccidgadget", *args, "--state-dir",
+                                   "/tmp/ccidgadget-bench-state"]
 
     def __enter__(self):
         self.log = open(OUT / "bench-daemon.log", "a")
         t0 = time.monotonic()
-        self.daemon = subprocess.Popen([sys.executable, "-m", "ccidgadget", *self.args, "--state-dir",
-                                        "/tmp/ccidgadget-bench-state"], stdout=self.log,
-                                       stderr=subprocess.STDOUT, cwd=REPO)
+        self.daemon = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_for(bound, 120, "gadget bound")
         self.t_bound = time.monotonic() - t0
         wait_for(lambda: any(p.read_text().strip() == "0b" for p in
