@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_guest  # noqa: E402  (Stack, timed, pct: the guest-side helpers)
+from bench_piv import have_gadget_stack  # noqa: E402
 
 PIV_AID = bytes.fromhex("A000000308000010000100")
 SELECT = [0x00, 0xA4, 0x04, 0x00, len(PIV_AID), *PIV_AID, 0x00]
@@ -109,8 +111,8 @@ def summary(runs: list[dict], workload: str) -> tuple[list[tuple[float, float]],
     return per_run, min(medians), (max(medians) - min(medians)) / min(medians)
 
 
-def report(flavour: str, results: dict[str, list[dict]]) -> None:
-    print(f"\n{flavour} guest: {len(results['daemon'])} boots per variant, alternating; pyscard transmit through "
+def report(where: str, results: dict[str, list[dict]]) -> None:
+    print(f"\n{where}: {len(results['daemon'])} runs per variant, alternating; pyscard transmit through "
           "pcscd + libccid + dummy_hcd", flush=True)
     for workload in WORKLOADS:
         best = {}
@@ -137,18 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.guest:
         print(RESULT_TAG + json.dumps(measure(args.variant, args.n, args.chained)), flush=True)
         return 0
+    if have_gadget_stack():                 # a board (or a dummy_hcd machine): here, no guests
+        rounds(os.uname().machine, args, lambda variant: measure(variant, args.n, args.chained))
+        return 0
     from tests.vm import testbed
 
     for flavour in args.flavour or ["amd64", "arm64"]:
         prepared = testbed.prepare(flavour_name=flavour)
-        results: dict[str, list[dict]] = {"daemon": [], "floor": []}
-        t0 = time.monotonic()
-        for r in range(args.rounds):
-            for variant in (("daemon", "floor") if r % 2 == 0 else ("floor", "daemon")):
-                results[variant].append(run_guest(testbed, prepared, variant, args.n, args.chained))
-        report(flavour, results)
-        print(f"  ({time.monotonic() - t0:.0f} s for {2 * args.rounds} boots)", flush=True)
+        rounds(f"{flavour} guest", args, lambda variant: run_guest(testbed, prepared, variant, args.n, args.chained))
     return 0
+
+
+def rounds(where: str, args, one) -> None:
+    results: dict[str, list[dict]] = {"daemon": [], "floor": []}
+    t0 = time.monotonic()
+    for r in range(args.rounds):
+        for variant in (("daemon", "floor") if r % 2 == 0 else ("floor", "daemon")):
+            results[variant].append(one(variant))
+    report(where, results)
+    print(f"  ({time.monotonic() - t0:.0f} s for {2 * args.rounds} runs)", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ userland uses on every Pi (it is rebuilt for ARMv6 there, with the same struct l
 convention); armel (soft-float) runs on a Pi Zero's ARMv6 too but is not what a Pi runs, and the
 32-bit layouts this test is about are the same in both.
 
-Not run there: the bounded fuzzing (atheris has no ARM build; the corpus replay runs) and the
-``vm`` tests (they boot guests). If the chroot cannot be built (no binfmt_misc, no network for
+Not run there: the bounded fuzzing (atheris has no ARM build; the corpus replay runs), vicc (see
+DESELECT) and the ``vm`` tests (they boot guests). If the chroot cannot be built (no binfmt_misc, no network for
 the first build), the test is skipped with the reason, or fails when ``CI=true``.
 Wall time: preparation (first run) and the suite are printed; CCIDGADGET_ARM32_TIMEOUT bounds the
 suite (default 1500 s).
@@ -54,6 +54,15 @@ def armhf_root():
     return root
 
 
+#: the suites in two shards that run side by side, each in its own namespaces (this machine has 2 cores;
+#: a shard's pcscd, vpcd port and /tmp meet nobody else's); the second is everything the first is not
+SHARD = ("tests/ccid", "tests/cards", "tests/usb", "tests/fuzz")
+#: not run there: the bounded fuzzing (atheris has no ARM build; the corpus replay runs) and vicc, a
+#: third-party card emulator the passthrough tests use as their peer: its venv needs pycryptodome,
+#: which has no 32-bit ARM wheel (a build needs a compiler)
+DESELECT = "not test_bounded_fuzzing and not test_real_vicc_insert_apdu_kill_restart"
+
+
 def test_unit_suites_on_armhf(armhf_root, tmp_path):
     env = {**rootfs.CHROOT_ENV, "PYTHONPATH": str(REPO), "CI": os.environ.get("CI", ""),
            "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "")}
@@ -62,20 +71,39 @@ def test_unit_suites_on_armhf(armhf_root, tmp_path):
     probe = ("import platform, struct, ctypes, cryptography; "
              "print(platform.machine(), struct.calcsize('P') * 8, 'bit, cryptography', cryptography.__version__)")
     pytest_argv = [f"{rootfs.VENV}/bin/python", "-m", "pytest", "-m", "not vm", "-q", "-p", "no:cacheprovider",
-                   "-k", "not test_bounded_fuzzing", "-o", "addopts=-ra"]
-    script = f"{rootfs.VENV}/bin/python -c {shlex.quote(probe)} && exec " + " ".join(shlex.quote(a) for a in pytest_argv)
-    argv = rootfs.chroot_argv(armhf_root, ["env", "-i", *(f"{k}={v}" for k, v in env.items()), "/bin/sh", "-c", script],
-                              binds=[REPO], cwd=str(REPO), private_net=True)
+                   "-k", DESELECT, "-o", "addopts=-ra", "--durations=15"]
+    shards = [list(SHARD), ["tests", *(f"--ignore={d}" for d in SHARD)]]
     t0 = time.monotonic()
-    try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, errors="replace", timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
-        pytest.fail(f"the armhf suites did not finish in {TIMEOUT:.0f} s\n{out[-6000:]}", pytrace=False)
-    (tmp_path / "armhf-pytest.log").write_text(p.stdout)
+    procs = []
+    for i, paths in enumerate(shards):
+        script = (f"{rootfs.VENV}/bin/python -c {shlex.quote(probe)} && exec "
+                  + " ".join(shlex.quote(a) for a in [*pytest_argv, *paths]))
+        argv = rootfs.chroot_argv(armhf_root, ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                                               "/bin/sh", "-c", script],
+                                  binds=[REPO], cwd=str(REPO), private_net=True)
+        log = open(tmp_path / f"armhf-shard{i}.log", "w+")
+        procs.append((subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT), log))
+    problems, summary, probe_line = [], [], ""
+    for i, (proc, log) in enumerate(procs):
+        try:
+            proc.wait(timeout=max(1.0, TIMEOUT - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            for other, _ in procs:
+                other.kill()
+            proc.wait()
+        log.seek(0)
+        out = log.read()
+        log.close()
+        lines = out.strip().splitlines()
+        if proc.returncode is not None and proc.returncode < 0:
+            problems.append(f"shard {i} ({' '.join(shards[i])}) did not finish in {TIMEOUT:.0f} s\n{out[-6000:]}")
+            continue
+        probe_line = probe_line or (lines[0] if lines else "")
+        if not lines or not lines[0].startswith("armv7l 32 bit"):
+            problems.append(f"shard {i}: not a 32-bit ARM userland:\n{out[-3000:]}")
+        elif proc.returncode != 0:
+            problems.append(f"shard {i} ({' '.join(shards[i])}): pytest exit {proc.returncode}\n{out[-12000:]}")
+        summary.append(f"shard {i}: {lines[-1] if lines else ''}")
     took = time.monotonic() - t0
-    lines = p.stdout.strip().splitlines()
-    print(f"armhf suites: {took:.0f} s; {lines[0] if lines else ''}; {lines[-1] if lines else ''}")
-    assert lines and lines[0].startswith("armv7l 32 bit"), f"not a 32-bit ARM userland:\n{p.stdout[-3000:]}"
-    assert p.returncode == 0, f"pytest on armhf: exit {p.returncode} after {took:.0f} s\n{p.stdout[-12000:]}"
+    print(f"armhf suites: {took:.0f} s; {probe_line}; " + "; ".join(summary))
+    assert not problems, f"pytest on armhf ({took:.0f} s):\n" + "\n".join(problems)

@@ -368,11 +368,12 @@ ARM64_INCLUDE = ("python3", "python3-venv", "python3-cffi-backend", "python3-cry
 ARM64_PACKAGES = ("pcscd", "libccid", "opensc", "pcsc-tools", "yubico-piv-tool", "openssl", "openssh-client",
                   "libnss3-tools", "usbutils", "libaio1", "python3-systemd", "procps")
 #: the 32-bit ARM chroot for the unit suites: Debian's python3-cryptography (38.0.4, what Raspberry Pi
-#: OS has on 32-bit ARM, where PyPI has no wheel), pyscard and systemd from Debian too
+#: OS has on 32-bit ARM, where PyPI has no wheel), pyscard and systemd from Debian too; busybox, kmod,
+#: iproute2 and usbutils make it bootable as the armhf guest's root as well (testbed flavour armhf)
 ARMHF_INCLUDE = ("python3", "python3-venv", "python3-cffi-backend", "python3-cryptography", "python3-pyscard",
-                 "ca-certificates")
+                 "ca-certificates", "busybox-static", "kmod", "iproute2")
 ARMHF_PACKAGES = ("python3-systemd", "libaio1", "pcscd", "libccid", "opensc", "pcsc-tools", "vsmartcard-vpcd",
-                  "yubico-piv-tool", "libnss3-tools", "openssl", "openssh-client", "systemd", "procps")
+                  "yubico-piv-tool", "libnss3-tools", "openssl", "openssh-client", "systemd", "procps", "usbutils")
 
 ROOT_SPECS = {
     "arm64": Spec("arm64", include=ARM64_INCLUDE, packages=ARM64_PACKAGES,

@@ -111,7 +111,7 @@ class TestbedUnavailable(RuntimeError):
 class Flavour:
     """One kind of guest: the architecture of its kernel and userland and how QEMU boots it."""
 
-    name: str  #: Debian architecture, also the kernel package's flavour (``-amd64-unsigned``)
+    name: str  #: Debian architecture
     qemu: str
     machine: tuple[str, ...]  #: QEMU's machine/CPU options (before -m/-smp)
     cpu_env: str  #: environment variable that overrides the CPU model
@@ -121,10 +121,18 @@ class Flavour:
     #: None: this machine's / over 9p; else a Debian root of that name built by tests/vm/rootfs.py,
     #: booted as a read-only ext4 image over virtio-blk
     root: str | None = None
+    #: the kernel package's flavour and suffix: linux-image-6.12.N+deb12-<kernel><suffix>
+    kernel: str = ""
+    kernel_suffix: str = "-unsigned"
+
+    @property
+    def kernel_package(self) -> str:
+        """The kernel packages' name pattern (an anchored regular expression)."""
+        return rf"^linux-image-6\.12\.[0-9]+\+deb12-{self.kernel or self.name}{self.kernel_suffix}$"
 
     @property
     def kernel_package_re(self) -> re.Pattern:
-        return re.compile(rf"^linux-image-(6\.12\.(\d+)\+deb12-{self.name})-unsigned$")
+        return re.compile(rf"^linux-image-(6\.12\.(\d+)\+deb12-{self.kernel or self.name}){self.kernel_suffix}$")
 
     @property
     def state_file(self) -> Path:
@@ -137,6 +145,12 @@ FLAVOURS = {
     # cortex-a72: the Pi 4's core. `-cpu max` boots 2x slower (pointer-authentication emulation).
     "arm64": Flavour("arm64", "qemu-system-aarch64", ("-M", "virt", "-accel", "tcg,thread=multi"),
                      "CCIDGADGET_VM_CPU_ARM64", "cortex-a72", "ttyAMA0", (), root="arm64"),
+    # 32-bit ARM: Debian's armmp kernel (it has dummy_hcd, f_fs, configfs, 9p, virtio-pci); cortex-a7 is
+    # the Pi 2's core; highmem=off keeps PCI below 4 GiB for a kernel without LPAE. Not in CI: the
+    # 32-bit suites run under qemu-user (tests/test_arm32.py); this boots the same root for by-hand runs.
+    "armhf": Flavour("armhf", "qemu-system-arm", ("-M", "virt,highmem=off", "-accel", "tcg,thread=multi"),
+                     "CCIDGADGET_VM_CPU_ARMHF", "cortex-a7", "ttyAMA0", (), root="armhf", kernel="armmp",
+                     kernel_suffix=""),
 }
 DEFAULT_FLAVOUR = "amd64"
 
@@ -268,8 +282,7 @@ def _apt_argv(fl: Flavour, argv: Sequence[str]) -> list[str]:
 def _kernel_candidates(fl: Flavour) -> list[tuple[int, str, str]]:
     """(patch level, package, kernel release) for installable 6.12 kernels of the flavour."""
     p = subprocess.run(
-        _apt_argv(fl, ["apt-cache", "search", "--names-only",
-                       rf"^linux-image-6\.12\.[0-9]+\+deb12-{fl.name}-unsigned$"]),
+        _apt_argv(fl, ["apt-cache", "search", "--names-only", fl.kernel_package]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     found = []
@@ -297,13 +310,13 @@ def resolve_kernel_package(fl: Flavour | None = None) -> tuple[str, str]:
     fl = fl or flavour()
     cands = _kernel_candidates(fl)
     if not cands:
-        _log(f"no linux-image-6.12.*+deb12-{fl.name}-unsigned in the apt lists; running apt-get update")
+        _log(f"no {fl.kernel_package} in the apt lists; running apt-get update")
         subprocess.run(_apt_argv(fl, ["apt-get", "update", "-q"]), stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
         cands = _kernel_candidates(fl)
     if not cands:
         raise TestbedUnavailable(
-            f"apt knows no linux-image-6.12.*+deb12-{fl.name}-unsigned package "
+            f"apt knows no {fl.kernel_package} package "
             "(needs bookworm-backports or bookworm-security in sources.list)")
     _, pkg, release = cands[0]
     return pkg, release
