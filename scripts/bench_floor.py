@@ -72,6 +72,7 @@ def measure(variant: str, n: int, chained: int) -> dict:
         conn.connect()
         write = extended(0xDB, object_data(WRITE_OBJECT, WRITE_SIZE))
         read = extended(0xCB, b"\x5c\x03" + READ_OBJECT)
+        card = None
         if variant == "daemon":
             from bench_piv import Card, authenticate_management
 
@@ -85,8 +86,8 @@ def measure(variant: str, n: int, chained: int) -> dict:
         res = {"short SELECT": bench_guest.timed(conn, SELECT, n),
                "4 KiB chained read": bench_guest.timed(conn, read, chained),
                "3000-byte chained write": bench_guest.timed(conn, write, chained)}
-        conn.disconnect()
-        conn.release()          # before pcscd goes, or pyscard complains at exit
+        bench_guest.release(conn)
+        del conn, card                # pyscard 2.0.5 releases its context when collected
     return {"variant": variant, "bound_s": s.t_bound, "samples": res}
 
 

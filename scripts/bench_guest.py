@@ -94,6 +94,14 @@ class Stack:
         self.log.close()
 
 
+def release(conn) -> None:
+    """Release the connection's context before pcscd goes, or pyscard complains at exit
+    (Debian 12's pyscard 2.0.5, the arm64 guest's, has no release(): it does that when collected)."""
+    conn.disconnect()
+    if hasattr(conn, "release"):
+        conn.release()
+
+
 def timed(conn, apdu: list[int], n: int):
     out = []
     for _ in range(n):
@@ -121,8 +129,7 @@ def reader_bench(n: int = 300) -> None:
         print(f"4 KiB extended read (5 chained DataBlocks), n={len(big)}: median "
               f"{statistics.median(big) * 1e3:.2f} ms, p90 {pct(big, 0.9) * 1e3:.2f} ms")
         print(f"daemon RSS after {len(short) + len(big) + 20} APDUs: {rss_kib(s.daemon.pid) / 1024:.1f} MiB")
-        conn.disconnect()
-        conn.release()          # before pcscd goes, or pyscard complains at exit
+        release(conn)
     with Stack("--card", "emulated") as s:
         print(f"default card (PIV, created on first start): gadget bound {s.t_bound:.2f} s after launch; "
               f"RSS {rss_kib(s.daemon.pid) / 1024:.1f} MiB")

@@ -151,11 +151,14 @@ def debian_sources() -> list[tuple[str, str]]:
 
 
 def chroot_argv(root: Path, argv: Sequence[str], *, binds: Iterable[Path] = (), tmpfs_tmp: bool = True,
-                cwd: str = "/", private_net: bool = False) -> list[str]:
+                cwd: str = "/", private_net: bool = False, tmpfs_copies: Iterable[str] = ()) -> list[str]:
     """``argv`` run inside ``root`` in a private mount namespace (proc, sys, dev, a fresh /tmp and
     /run, and ``binds`` at their own paths); the mounts vanish with the namespace. ``private_net``:
     in a network namespace of its own too, with only a loopback (fixed ports of the tests' pcscd,
-    vpcd... meet nobody else's)."""
+    vpcd... meet nobody else's). ``tmpfs_copies``: directories of the root put on a tmpfs (a copy), for
+    32-bit programs built without large-file support under qemu-user: their readdir() fails with
+    EOVERFLOW on this machine's ext4, whose directory offsets are 64-bit hashes (a 32-bit kernel
+    would give them 32-bit ones), and pcscd then silently finds no drivers and no reader.conf.d."""
     r = shlex.quote(str(root))
     setup = [f"mount -t proc proc {r}/proc", f"mount --rbind /sys {r}/sys", f"mount --rbind /dev {r}/dev"]
     if private_net:
@@ -163,6 +166,10 @@ def chroot_argv(root: Path, argv: Sequence[str], *, binds: Iterable[Path] = (), 
     if tmpfs_tmp:
         setup.append(f"mount -t tmpfs -o mode=1777 tmpfs {r}/tmp")
         setup.append(f"mount -t tmpfs -o mode=0755 tmpfs {r}/run && mkdir -p {r}/run/lock")
+    for i, d in enumerate(tmpfs_copies):
+        src, copy = f"{r}{shlex.quote(d)}", f"{r}/tmp/.tmpfs-copy{i}"
+        setup.append(f"mkdir -p {copy} && cp -a {src}/. {copy}/ && mount -t tmpfs tmpfs {src} && cp -a {copy}/. {src}/"
+                     f" && rm -rf {copy}")
     for b in binds:
         q = shlex.quote(str(b))
         setup.append(f"mkdir -p {r}{q} && mount --rbind {q} {r}{q}")
