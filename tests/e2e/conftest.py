@@ -314,7 +314,17 @@ def list_readers(include_virtual: bool = False) -> list:
     try:
         rs = readers()
     except Exception:  # pcscd not (yet) answering, no readers, ...
-        return []
+        rs = []
+    if not rs:
+        # pyscard 2.0 (Debian 12's, so the arm64 guest's and a Pi's) keeps one PC/SC context per process
+        # and renews it only on SCARD_E_SERVICE_STOPPED: after a pcscd restart the old context listed no
+        # reader, ever. A new context costs nothing here (newer pyscard does this itself).
+        try:
+            from smartcard.pcsc.PCSCContext import PCSCContext
+            PCSCContext.renewContext()
+            rs = readers()
+        except Exception:
+            return []
     return [r for r in rs if include_virtual or VIRTUAL_PCD not in str(r)]
 
 
