@@ -56,7 +56,8 @@ def armhf_root():
 
 #: the suites in two shards that run side by side, each in its own namespaces (this machine has 2 cores;
 #: a shard's pcscd, vpcd port and /tmp meet nobody else's); the second is everything the first is not
-SHARD = ("tests/cards",)          # RSA key generation, NSS databases: about 60 % of the time
+#: (NSS databases and RSA key generation are three quarters of the time)
+SHARD = ("tests/cards/test_cac_nss.py", "tests/cards/test_piv.py", "tests/cards/test_keys.py")
 #: not run there: the bounded fuzzing (atheris has no ARM build; the corpus replay runs) and vicc, a
 #: third-party card emulator the passthrough tests use as their peer: its venv needs pycryptodome,
 #: which has no 32-bit ARM wheel (a build needs a compiler)
