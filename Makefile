@@ -19,7 +19,8 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libaio1 libpcsclite-dev 
 	yubico-piv-tool libnss3-tools openssl openssh-client systemd \
 	python3-cryptography python3-pyscard python3-systemd groff-base debhelper dh-python lintian \
 	swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 \
-	scdaemon gnupg git
+	scdaemon gnupg git \
+	qemu-system-arm qemu-user-static binfmt-support debootstrap e2fsprogs util-linux
 
 .PHONY: deps venv vm test test-unit test-vm test-deb12 deb demo bench fuzz clean
 
@@ -40,9 +41,15 @@ $(PY): pyproject.toml
 
 venv: deps $(PY)
 
-# The guest kernel (Debian's 6.12 with dummy_hcd) and the initramfs, cached in .cache/vm.
+# The guest kernel (Debian's 6.12 with dummy_hcd) and the initramfs, cached in .cache/vm; then, side
+# by side, the arm64 guest (kernel + a Debian arm64 root image) and the armhf chroot of the 32-bit
+# unit run (tests/vm/rootfs.py; several minutes the first time).  If those cannot be built here
+# (no binfmt_misc...) their tests say why (and fail in CI).
 vm: deps
 	$(PYTHON) -m tests.vm.testbed prepare
+	@$(PYTHON) -m tests.vm.testbed prepare --flavour arm64 & arm64=$$!; \
+	$(PYTHON) -m tests.vm.rootfs prepare armhf || echo "armhf chroot not prepared: tests/test_arm32.py will say why"; \
+	wait $$arm64 || echo "arm64 guest not prepared: test_e2e_arm64 will say why"
 
 test: venv vm test-deb12
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -53,6 +53,8 @@ def main() -> int:
         if not result.ok:
             print(result.describe(tail=40), file=sys.stderr)
             rc |= 1
+    print("\n## the floor: ours/floor per APDU, alternating guest boots, on x86-64 and on arm64", flush=True)
+    rc |= run([sys.executable, str(SCRIPTS / "bench_floor.py")])
     return rc
 
 

@@ -60,17 +60,16 @@ def pct(values, p):
 
 
 class Stack:
-    """The daemon plus pcscd, torn down on exit."""
+    """The daemon (or ``command``, another gadget with the daemon's identity) plus pcscd, torn down on exit."""
 
-    def __init__(self, *args: str):
-        self.args = args
+    def __init__(self, *args: str, command: list[str] | None = None):
+        self.command = command or [sys.executable, "-m", "ccidgadget", *args, "--state-dir",
+                                   "/tmp/ccidgadget-bench-state"]
 
     def __enter__(self):
         self.log = open(OUT / "bench-daemon.log", "a")
         t0 = time.monotonic()
-        self.daemon = subprocess.Popen([sys.executable, "-m", "ccidgadget", *self.args, "--state-dir",
-                                        "/tmp/ccidgadget-bench-state"], stdout=self.log,
-                                       stderr=subprocess.STDOUT, cwd=REPO)
+        self.daemon = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_for(bound, 120, "gadget bound")
         self.t_bound = time.monotonic() - t0
         wait_for(lambda: any(p.read_text().strip() == "0b" for p in
@@ -93,6 +92,14 @@ class Stack:
         self.daemon.send_signal(signal.SIGTERM)
         self.daemon.wait(30)
         self.log.close()
+
+
+def release(conn) -> None:
+    """Release the connection's context before pcscd goes, or pyscard complains at exit
+    (Debian 12's pyscard 2.0.5, the arm64 guest's, has no release(): it does that when collected)."""
+    conn.disconnect()
+    if hasattr(conn, "release"):
+        conn.release()
 
 
 def timed(conn, apdu: list[int], n: int):
@@ -122,8 +129,7 @@ def reader_bench(n: int = 300) -> None:
         print(f"4 KiB extended read (5 chained DataBlocks), n={len(big)}: median "
               f"{statistics.median(big) * 1e3:.2f} ms, p90 {pct(big, 0.9) * 1e3:.2f} ms")
         print(f"daemon RSS after {len(short) + len(big) + 20} APDUs: {rss_kib(s.daemon.pid) / 1024:.1f} MiB")
-        conn.disconnect()
-        conn.release()          # before pcscd goes, or pyscard complains at exit
+        release(conn)
     with Stack("--card", "emulated") as s:
         print(f"default card (PIV, created on first start): gadget bound {s.t_bound:.2f} s after launch; "
               f"RSS {rss_kib(s.daemon.pid) / 1024:.1f} MiB")

@@ -76,19 +76,27 @@ class Card:
         return out
 
 
-def provision(card: Card):
-    """Management key auth, RSA-2048 in 9A and P-256 in 9D, PIN verified; returns the public keys."""
+def authenticate_management(card: Card) -> None:
+    """SELECT the PIV application and authenticate with the default (3DES) management key."""
     from ccidgadget.cryptocompat import TripleDES
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-    from ccidgadget.cards.tlv import parse_dict, tlv, unwrap
+    from ccidgadget.cards.tlv import tlv, unwrap
 
     card.send(0xA4, 0x04, 0x00, bytes.fromhex(PIV_AID))
     witness = unwrap(unwrap(card.send(0x87, 0x03, 0x9B, tlv(0x7C, tlv(0x80))), 0x7C), 0x80)
     dec = Cipher(TripleDES(DEFAULT_MGM_KEY), modes.ECB()).decryptor()
     card.send(0x87, 0x03, 0x9B, tlv(0x7C, tlv(0x80, dec.update(witness) + dec.finalize())
                                     + tlv(0x81, os.urandom(8)) + tlv(0x82)))
+
+
+def provision(card: Card):
+    """Management key auth, RSA-2048 in 9A and P-256 in 9D, PIN verified; returns the public keys."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from ccidgadget.cards.tlv import parse_dict, tlv, unwrap
+
+    authenticate_management(card)
     rsa_tpl = parse_dict(unwrap(card.send(0x47, 0x00, 0x9A, tlv(0xAC, tlv(0x80, b"\x07"))), 0x7F49))
     rsa_pub = rsa.RSAPublicNumbers(int.from_bytes(rsa_tpl[0x82], "big"),
                                    int.from_bytes(rsa_tpl[0x81], "big")).public_key()

@@ -12,8 +12,12 @@ A module that sets ``VM_INIT = "systemd"`` gets a guest with systemd as PID 1
 (``testbed.run(..., init="systemd")``, tests/vm/systemd_guest.py): its pytest
 then runs as a service of that systemd.
 
-If the test bed cannot run here (no QEMU, no kernel package), the tests are
-skipped with the reason, or fail in CI (``CI`` truthy, tests/ci.py).
+``test_e2e_arm64`` runs the modules of ``ARM64_MODULES`` again in the arm64 flavour of the test
+bed (Debian's arm64 kernel under qemu-system-aarch64 -cpu cortex-a72, an arm64 Debian root with its
+own Python and venv, the same checkout over 9p): the boards' architecture, end to end.
+
+If the test bed cannot run here (no QEMU, no kernel package, no binfmt_misc for building the
+arm64 root), the tests are skipped with the reason, or fail in CI (``CI`` truthy, tests/ci.py).
 
 Environment knobs: ``CCIDGADGET_VM_TIMEOUT`` (seconds per module, default 900),
 ``CCIDGADGET_VM_ARTIFACTS`` (copy each module's results directory there:
@@ -40,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 E2E_DIR = REPO / "tests" / "e2e"
 E2E_MODULES = sorted(p.name for p in E2E_DIR.glob("test_*.py"))
 TIMEOUT = float(os.environ.get("CCIDGADGET_VM_TIMEOUT", "900"))
+#: the modules that also run in the arm64 guest (the CI budget for the arm64 part is 15 minutes)
+ARM64_MODULES = ("test_smoke.py", "test_reader.py", "test_piv.py")
 
 pytestmark = pytest.mark.vm
 
@@ -88,6 +94,14 @@ def vm_prepared():
         return testbed.prepare()
     except testbed.TestbedUnavailable as e:
         _unavailable(str(e))
+
+
+@pytest.fixture(scope="session")
+def vm_prepared_arm64():
+    try:
+        return testbed.prepare(flavour_name="arm64")
+    except testbed.TestbedUnavailable as e:
+        _unavailable(f"arm64 flavour: {e}")
 
 
 def _tail(text: str, n: int) -> str:
@@ -166,18 +180,29 @@ def test_e2e(module, tmp_path, request):
         _check_skips(module, out)
         return
 
-    prepared = request.getfixturevalue("vm_prepared")
+    _run_in_guest(module, request.getfixturevalue("vm_prepared"), out, env)
+
+
+@pytest.mark.parametrize("module", ARM64_MODULES)
+def test_e2e_arm64(module, tmp_path, vm_prepared_arm64):
+    out = tmp_path / "out"
+    out.mkdir()
+    _run_in_guest(module, vm_prepared_arm64, out, {"CCIDGADGET_E2E": "1"})
+
+
+def _run_in_guest(module: str, prepared, out: Path, env: dict) -> None:
     # the shell in the guest expands $CCIDGADGET_VM_OUT (the results share)
     args = _pytest_args(module, "JUNIT")
-    command = shlex.join([sys.executable, *args]).replace("--junitxml=JUNIT", '--junitxml="$CCIDGADGET_VM_OUT/junit.xml"')
+    command = shlex.join([prepared.guest_python, *args]).replace(
+        "--junitxml=JUNIT", '--junitxml="$CCIDGADGET_VM_OUT/junit.xml"')
     res = testbed.run(command, timeout=TIMEOUT, env=env, cwd=REPO, out_dir=out, prepared=prepared,
                       init=_guest_init(module))
     # the guest's wall time (QEMU start to exit), for the budgets; shown with -rP or -s
     print(f"tests/e2e/{module}: {res.duration:.1f} s of guest wall time\n{_tail(res.output, 25)}")
     if res.returncode != 0:
-        where = _keep_artifacts(out, module)
+        where = _keep_artifacts(out, module if prepared.flavour == "amd64" else f"{prepared.flavour}-{module}")
         output = res.output
-        msg = [f"tests/e2e/{module} in the VM: {res.describe(tail=0).splitlines()[0]}"]
+        msg = [f"tests/e2e/{module} in the {prepared.flavour} VM: {res.describe(tail=0).splitlines()[0]}"]
         if os.environ.get("CCIDGADGET_VM_ARTIFACTS"):
             msg[0] += f"; {where}"
         if output.strip():

@@ -324,6 +324,16 @@ def list_readers(include_virtual: bool = False) -> list:
         rs = readers()
     except Exception as e:       # pyscard's two hierarchies: EstablishContextException, CardServiceNotFound...
         raise AssertionError(f"pcscd failed to list its readers: {type(e).__name__}: {e}") from None
+    if not rs:
+        # pyscard 2.0 (Debian 12's, so the arm64 guest's and a Pi's) keeps one PC/SC context per process
+        # and renews it only on SCARD_E_SERVICE_STOPPED: after a pcscd restart the old context listed no
+        # reader, ever. A new context costs nothing here (newer pyscard does this itself).
+        try:
+            from smartcard.pcsc.PCSCContext import PCSCContext
+            PCSCContext.renewContext()
+            rs = readers()
+        except Exception as e:
+            raise AssertionError(f"pcscd failed to list its readers: {type(e).__name__}: {e}") from None
     return [r for r in rs if include_virtual or VIRTUAL_PCD not in str(r)]
 
 

@@ -9,15 +9,30 @@ the e2e conftest helpers it is given, so it also works outside pytest.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[2]
-PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+
+
+def _opensc_pkcs11_module() -> str:
+    """OpenSC's PKCS#11 module in Debian's multiarch directory of this machine's architecture
+    (/usr/lib/aarch64-linux-gnu/ in the arm64 guest, /usr/lib/x86_64-linux-gnu/ on a PC)."""
+    triplet = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    path = Path("/usr/lib", triplet, "opensc-pkcs11.so")
+    if not path.exists():
+        found = sorted(Path("/usr/lib").glob("*-linux-gnu*/opensc-pkcs11.so"))
+        path = found[0] if found else path
+    return str(path)
+
+
+PKCS11_MODULE = _opensc_pkcs11_module()
 #: yubico-piv-tool -r: a substring of the reader name (the vpcd "Virtual PCD" readers come first)
 READER_MATCH = "ccidgadget"
 DEFAULT_PIN = "123456"

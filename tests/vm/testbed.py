@@ -12,6 +12,15 @@ cannot load modules, so the end-to-end tests run inside a QEMU (TCG) guest:
 * results: a second, writable 9p share mounted at ``/mnt/out`` in the guest
   (``$CCIDGADGET_VM_OUT``); the command's exit status and output land there.
 
+That is the default flavour, ``amd64``. The ``arm64`` flavour boots Debian's
+``linux-image-6.12.*+deb12-arm64-unsigned`` under ``qemu-system-aarch64 -M virt
+-cpu cortex-a72`` (the Pi 4's core) with an arm64 Debian root built here
+(tests/vm/rootfs.py: debootstrap through binfmt_misc + qemu-user-static, the
+test tools, a venv with the project's requirements at ``rootfs.VENV``) as a
+read-only ext4 image over virtio-blk with a tmpfs overlay; the checkout and the
+kernel's modules come over 9p at their host paths, so the guest runs the same
+tests from the same checkout with its own arm64 Python (``Prepared.python``).
+
 Only the standard library is used, so this works before any venv exists.
 
 Python API::
@@ -23,8 +32,8 @@ Python API::
 
 CLI::
 
-    python3 -m tests.vm.testbed prepare [--refresh]
-    python3 -m tests.vm.testbed run [--timeout S] [--cwd DIR] [--env K=V] -- CMD...
+    python3 -m tests.vm.testbed prepare [--refresh] [--flavour arm64]
+    python3 -m tests.vm.testbed run [--flavour arm64] [--timeout S] [--cwd DIR] [--env K=V] -- CMD...
 """
 
 from __future__ import annotations
@@ -52,7 +61,6 @@ from typing import IO, Iterable, Mapping, Sequence
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CCIDGADGET_VM_CACHE") or REPO / ".cache" / "vm").resolve()
 
-KERNEL_PACKAGE_RE = re.compile(r"^linux-image-(6\.12\.(\d+)\+deb12-amd64)-unsigned$")
 QEMU = "qemu-system-x86_64"
 BUSYBOX = "/bin/busybox"
 
@@ -60,6 +68,8 @@ BUSYBOX = "/bin/busybox"
 GUEST_OUT = "/mnt/out"
 #: modules the initramfs itself loads (with busybox insmod: decompressed)
 INITRAMFS_MODULES = ("9pnet_virtio", "9p", "overlay")
+#: and for a root image over virtio-blk (crc32c for ext4's checksums: insmod does not autoload it)
+IMAGE_ROOT_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 #: modules the guest loads with kmod's modprobe before running the command
 GUEST_MODULES = ("dummy_hcd", "libcomposite", "usb_f_fs")
 
@@ -99,11 +109,73 @@ class TestbedUnavailable(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Flavour:
+    """One kind of guest: the architecture of its kernel and userland and how QEMU boots it."""
+
+    name: str  #: Debian architecture
+    qemu: str
+    machine: tuple[str, ...]  #: QEMU's machine/CPU options (before -m/-smp)
+    cpu_env: str  #: environment variable that overrides the CPU model
+    cpu: str
+    console: str
+    append: tuple[str, ...]  #: kernel command line beyond the common part
+    #: None: this machine's / over 9p; else a Debian root of that name built by tests/vm/rootfs.py,
+    #: booted as a read-only ext4 image over virtio-blk
+    root: str | None = None
+    #: the kernel package's flavour and suffix: linux-image-6.12.N+deb12-<kernel><suffix>
+    kernel: str = ""
+    kernel_suffix: str = "-unsigned"
+
+    @property
+    def kernel_package(self) -> str:
+        """The kernel packages' name pattern (an anchored regular expression)."""
+        return rf"^linux-image-6\.12\.[0-9]+\+deb12-{self.kernel or self.name}{self.kernel_suffix}$"
+
+    @property
+    def kernel_package_re(self) -> re.Pattern:
+        return re.compile(rf"^linux-image-(6\.12\.(\d+)\+deb12-{self.kernel or self.name}){self.kernel_suffix}$")
+
+    @property
+    def state_file(self) -> Path:
+        return CACHE / ("current.json" if self.name == "amd64" else f"current-{self.name}.json")
+
+
+FLAVOURS = {
+    "amd64": Flavour("amd64", QEMU, ("-accel", "tcg,thread=multi"), "CCIDGADGET_VM_CPU", "max", "ttyS0,115200",
+                     ("i8042.noaux", "i8042.nokbd", "random.trust_cpu=on", "tsc=unstable")),
+    # cortex-a72: the Pi 4's core. `-cpu max` boots 2x slower (pointer-authentication emulation).
+    "arm64": Flavour("arm64", "qemu-system-aarch64", ("-M", "virt", "-accel", "tcg,thread=multi"),
+                     "CCIDGADGET_VM_CPU_ARM64", "cortex-a72", "ttyAMA0", (), root="arm64"),
+    # 32-bit ARM: Debian's armmp kernel (it has dummy_hcd, f_fs, configfs, 9p, virtio-pci); cortex-a7 is
+    # the Pi 2's core; highmem=off keeps PCI below 4 GiB for a kernel without LPAE. Not in CI: the
+    # 32-bit suites run under qemu-user (tests/test_arm32.py); this boots the same root for by-hand runs.
+    "armhf": Flavour("armhf", "qemu-system-arm", ("-M", "virt,highmem=off", "-accel", "tcg,thread=multi"),
+                     "CCIDGADGET_VM_CPU_ARMHF", "cortex-a7", "ttyAMA0", (), root="armhf", kernel="armmp",
+                     kernel_suffix=""),
+}
+DEFAULT_FLAVOUR = "amd64"
+
+
+def flavour(name: str | None = None) -> Flavour:
+    try:
+        return FLAVOURS[name or DEFAULT_FLAVOUR]
+    except KeyError:
+        raise ValueError(f"unknown test bed flavour {name!r} (known: {', '.join(FLAVOURS)})") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class Prepared:
     version: str  #: kernel release, e.g. ``6.12.115+deb12-amd64``
     tree: Path  #: root of the unpacked package (``modprobe -d`` / ``depmod -b``)
     kernel: Path
     initramfs: Path
+    flavour: str = DEFAULT_FLAVOUR
+    root_image: Path | None = None  #: the guest's root (image flavours); None: the host's / over 9p
+    python: str | None = None  #: the guest's interpreter for the tests; None: this one (sys.executable)
+
+    @property
+    def guest_python(self) -> str:
+        return self.python or sys.executable
 
 
 @dataclasses.dataclass
@@ -177,12 +249,15 @@ class _Lock:
         os.close(self.fd)
 
 
-def missing_tools() -> list[str]:
-    """Host tools the test bed needs that are not installed."""
-    need = {QEMU: QEMU, "dpkg-deb": "dpkg-deb", "depmod": "depmod", "apt-get": "apt-get"}
+def missing_tools(fl: Flavour | None = None) -> list[str]:
+    """Host tools the test bed (``fl``: the default flavour) needs that are not installed."""
+    fl = fl or flavour()
+    need = {fl.qemu: fl.qemu, "dpkg-deb": "dpkg-deb", "depmod": "depmod", "apt-get": "apt-get"}
+    if fl.root:
+        need.update({"debootstrap": "debootstrap", "mke2fs": "mke2fs", "unshare": "unshare"})
     out = [name for name, exe in need.items() if shutil.which(exe) is None
            and not Path("/usr/sbin", exe).exists() and not Path("/sbin", exe).exists()]
-    if not Path(BUSYBOX).exists():
+    if not fl.root and not Path(BUSYBOX).exists():
         out.append(f"{BUSYBOX} (busybox-static)")
     return out
 
@@ -197,22 +272,30 @@ def _which(exe: str) -> str:
 # --------------------------------------------------------------------------- kernel package
 
 
-def _kernel_candidates() -> list[tuple[int, str, str]]:
-    """(patch level, package, kernel release) for installable 6.12 amd64 kernels."""
+def _apt_argv(fl: Flavour, argv: Sequence[str]) -> list[str]:
+    """``argv`` (an apt command) for this machine's apt, or the apt of the flavour's foreign root
+    (its lists are the foreign architecture's: the host needs no multiarch set-up)."""
+    if not fl.root:
+        return list(argv)
+    return rootfs().chroot_argv(rootfs().CACHE / fl.root / "root", argv)
+
+
+def _kernel_candidates(fl: Flavour) -> list[tuple[int, str, str]]:
+    """(patch level, package, kernel release) for installable 6.12 kernels of the flavour."""
     p = subprocess.run(
-        ["apt-cache", "search", "--names-only", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"],
+        _apt_argv(fl, ["apt-cache", "search", "--names-only", fl.kernel_package]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     found = []
     for line in p.stdout.splitlines():
         name = line.split(" - ", 1)[0].strip()
-        m = KERNEL_PACKAGE_RE.match(name)
+        m = fl.kernel_package_re.match(name)
         if m:
             found.append((int(m.group(2)), name, m.group(1)))
     if not found:
         return []
     # keep only packages that have a download candidate (stale names show "(none)")
-    pol = subprocess.run(["apt-cache", "policy", *[n for _, n, _ in found]],
+    pol = subprocess.run(_apt_argv(fl, ["apt-cache", "policy", *[n for _, n, _ in found]]),
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
     ok, current = set(), None
     for line in pol.splitlines():
@@ -223,37 +306,51 @@ def _kernel_candidates() -> list[tuple[int, str, str]]:
     return sorted((c for c in found if c[1] in ok), reverse=True)
 
 
-def resolve_kernel_package() -> tuple[str, str]:
+def resolve_kernel_package(fl: Flavour | None = None) -> tuple[str, str]:
     """Return (package, kernel release) of the newest 6.12 kernel apt can download."""
-    cands = _kernel_candidates()
+    fl = fl or flavour()
+    cands = _kernel_candidates(fl)
     if not cands:
-        _log("no linux-image-6.12.*+deb12-amd64-unsigned in the apt lists; running apt-get update")
-        subprocess.run([_which("apt-get"), "update", "-q"], stdout=subprocess.DEVNULL,
+        _log(f"no {fl.kernel_package} in the apt lists; running apt-get update")
+        subprocess.run(_apt_argv(fl, ["apt-get", "update", "-q"]), stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
-        cands = _kernel_candidates()
+        cands = _kernel_candidates(fl)
     if not cands:
         raise TestbedUnavailable(
-            "apt knows no linux-image-6.12.*+deb12-amd64-unsigned package "
+            f"apt knows no {fl.kernel_package} package "
             "(needs bookworm-backports or bookworm-security in sources.list)")
     _, pkg, release = cands[0]
     return pkg, release
 
 
-def _download(pkg: str) -> Path:
+def _download(pkg: str, fl: Flavour | None = None) -> Path:
+    fl = fl or flavour()
     debs = CACHE / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     have = sorted(debs.glob(f"{pkg}_*.deb"))
     if have:
         return have[-1]
     _log(f"downloading {pkg}")
+    if fl.root:          # into the foreign root's /tmp (a bind of this directory), by its apt
+        tmp = Path(tempfile.mkdtemp(dir=debs))
+        try:
+            _check_call(rootfs().chroot_argv(rootfs().CACHE / fl.root / "root", ["apt-get", "download", "-q", pkg],
+                                              binds=[tmp], cwd=str(tmp)))
+            return _keep_download(tmp, pkg, debs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=debs) as tmp:
         # apt's _apt sandbox user may not be able to write here: that is only a warning
         _check_call([_which("apt-get"), "download", "-q", pkg], cwd=tmp)
-        got = list(Path(tmp).glob("*.deb"))
-        if len(got) != 1:
-            raise TestbedUnavailable(f"apt-get download {pkg} produced {got}")
-        dest = debs / got[0].name
-        os.replace(got[0], dest)
+        return _keep_download(Path(tmp), pkg, debs)
+
+
+def _keep_download(tmp: Path, pkg: str, debs: Path) -> Path:
+    got = list(tmp.glob("*.deb"))
+    if len(got) != 1:
+        raise TestbedUnavailable(f"apt-get download {pkg} produced {got}")
+    dest = debs / got[0].name
+    os.replace(got[0], dest)
     return dest
 
 
@@ -339,8 +436,7 @@ mount -t devtmpfs devtmpfs /dev
 for m in @MODULES@; do
     insmod /modules/$m || die "insmod $m failed"
 done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=@MSIZE@ hostroot /mnt/lower \
-    || die "cannot mount the host root (9p tag hostroot)"
+@ROOT_MOUNT@
 mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
 mkdir -p /mnt/rw/upper /mnt/rw/work
 mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work overlay /newroot \
@@ -355,8 +451,9 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 [ -e /newroot/dev/fd ] || ln -s /proc/self/fd /newroot/dev/fd
-# Host folders that the fresh /tmp and /run above hide (a checkout under /tmp, as a CI may make):
-# each comes as its own read-only 9p share, overlaid with a tmpfs like the root.
+# Host folders that the fresh /tmp and /run above hide (a checkout under /tmp, as a CI may make), or
+# (image root) that the image does not have: the checkout, the kernel's modules. Each comes as its
+# own read-only 9p share, overlaid with a tmpfs like the root.
 for arg in $(cat /newroot/proc/cmdline); do
     case "$arg" in
     ccidgadget.share*=*)
@@ -388,8 +485,16 @@ poweroff_now
 """
 
 
-def _init_script(module_names: Sequence[str]) -> str:
-    s = INIT_TEMPLATE
+#: how /init mounts the lower layer of the root: this machine's / over 9p, or the image on virtio-blk
+ROOT_MOUNTS = {
+    False: 'mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=@MSIZE@ hostroot /mnt/lower \\\n'
+           '    || die "cannot mount the host root (9p tag hostroot)"',
+    True: 'mount -t ext4 -o ro /dev/vda /mnt/lower || die "cannot mount the root image (virtio-blk /dev/vda)"',
+}
+
+
+def _init_script(module_names: Sequence[str], image_root: bool = False) -> str:
+    s = INIT_TEMPLATE.replace("@ROOT_MOUNT@", ROOT_MOUNTS[image_root])
     for k, v in {"@MODULES@": " ".join(module_names), "@MSIZE@": str(MSIZE), "@OUT@": GUEST_OUT,
                  "@JOB@": JOB_FILE, "@PID1@": PID1_FILE}.items():
         s = s.replace(k, v)
@@ -417,8 +522,18 @@ def _cpio_newc(entries: Iterable[tuple[str, int, bytes, int]]) -> bytes:
     return buf.getvalue()
 
 
-def _build_initramfs(tree: Path, release: str, dest: Path) -> None:
-    order = module_load_order(tree, release, INITRAMFS_MODULES)
+def _initramfs_modules(fl: Flavour) -> tuple[str, ...]:
+    return INITRAMFS_MODULES + (IMAGE_ROOT_MODULES if fl.root else ())
+
+
+def _busybox(fl: Flavour) -> Path:
+    """A static busybox of the guest's architecture: this machine's, or the foreign root's."""
+    return rootfs().CACHE / fl.root / "root/bin/busybox" if fl.root else Path(BUSYBOX)
+
+
+def _build_initramfs(tree: Path, release: str, dest: Path, fl: Flavour | None = None) -> None:
+    fl = fl or flavour()
+    order = module_load_order(tree, release, _initramfs_modules(fl))
     mods: list[tuple[str, bytes]] = []
     for rel in order:
         raw = (tree / "lib/modules" / release / rel).read_bytes()
@@ -431,21 +546,23 @@ def _build_initramfs(tree: Path, release: str, dest: Path) -> None:
     entries = [(p, d, b"", 0) for p in ("bin", "dev", "proc", "sys", "mnt", "mnt/lower", "mnt/rw",
                                         "newroot", "modules", "tmp")]
     entries += [("dev/console", c, b"", os.makedev(5, 1)), ("dev/null", 0o020666, b"", os.makedev(1, 3))]
-    entries += [("bin/busybox", f, Path(BUSYBOX).read_bytes(), 0), ("bin/sh", lnk, b"busybox", 0)]
+    entries += [("bin/busybox", f, _busybox(fl).read_bytes(), 0), ("bin/sh", lnk, b"busybox", 0)]
     entries += [(f"modules/{n}", 0o100644, data, 0) for n, data in mods]
-    entries += [("init", f, _init_script([n for n, _ in mods]).encode(), 0)]
+    entries += [("init", f, _init_script([n for n, _ in mods], bool(fl.root)).encode(), 0)]
     tmp = dest.with_name(dest.name + ".tmp")
     with open(tmp, "wb") as fh:
         fh.write(gzip.compress(_cpio_newc(entries), compresslevel=1))
     os.replace(tmp, dest)
 
 
-def _initramfs_key(release: str) -> str:
+def _initramfs_key(release: str, fl: Flavour | None = None) -> str:
+    fl = fl or flavour()
+    busybox = _busybox(fl)
     h = hashlib.sha256()
-    h.update(_init_script(INITRAMFS_MODULES).encode())
+    h.update(_init_script(_initramfs_modules(fl), bool(fl.root)).encode())
     h.update(INIT_TEMPLATE.encode())
-    h.update(Path(BUSYBOX).read_bytes()[:4096])
-    h.update(str(Path(BUSYBOX).stat().st_size).encode())
+    h.update(busybox.read_bytes()[:4096])
+    h.update(str(busybox.stat().st_size).encode())
     h.update(release.encode())
     return h.hexdigest()[:12]
 
@@ -453,57 +570,90 @@ def _initramfs_key(release: str) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
-def _from_state() -> Prepared | None:
+def rootfs():
+    # loaded by path, like systemd_guest.py: tests/ is not a package and testbed.py itself is loaded by path
+    return _load_sibling("ccidgadget_vm_rootfs", "rootfs.py")
+
+
+def _from_state(fl: Flavour | None = None) -> Prepared | None:
+    fl = fl or flavour()
     try:
-        st = json.loads((CACHE / "current.json").read_text())
-        p = Prepared(st["version"], Path(st["tree"]), Path(st["kernel"]), Path(st["initramfs"]))
+        st = json.loads(fl.state_file.read_text())
+        p = Prepared(st["version"], Path(st["tree"]), Path(st["kernel"]), Path(st["initramfs"]), fl.name,
+                     Path(st["root_image"]) if st.get("root_image") else None, st.get("python"))
     except (OSError, ValueError, KeyError):
         return None
-    if (p.tree / ".complete").exists() and p.kernel.exists() and p.initramfs.exists():
+    if (p.tree / ".complete").exists() and p.kernel.exists() and p.initramfs.exists() \
+            and (p.root_image is None or p.root_image.exists()):
         return p
     return None
 
 
-def _finish(tree: Path, release: str) -> Prepared:
+def _finish(tree: Path, release: str, fl: Flavour | None = None, root_image: Path | None = None) -> Prepared:
+    fl = fl or flavour()
     kernel = tree / "boot" / f"vmlinuz-{release}"
     if not kernel.exists():
         raise TestbedUnavailable(f"{kernel} missing from the kernel package")
-    initramfs = CACHE / f"initramfs-{release}-{_initramfs_key(release)}.cpio.gz"
+    initramfs = CACHE / f"initramfs-{release}-{_initramfs_key(release, fl)}.cpio.gz"
     if not initramfs.exists():
         _log(f"building {initramfs.name}")
-        _build_initramfs(tree, release, initramfs)
-    p = Prepared(release, tree, kernel, initramfs)
-    state = {k: str(v) for k, v in dataclasses.asdict(p).items()}
-    (CACHE / "current.json").write_text(json.dumps(state, indent=1) + "\n")
+        _build_initramfs(tree, release, initramfs, fl)
+    python = f"{rootfs().VENV}/bin/python" if fl.root else None
+    p = Prepared(release, tree, kernel, initramfs, fl.name, root_image, python)
+    state = {k: None if v is None else str(v) for k, v in dataclasses.asdict(p).items()}
+    fl.state_file.write_text(json.dumps(state, indent=1) + "\n")
     return p
 
 
-def prepare(refresh: bool = False) -> Prepared:
-    """Set up (or reuse) the kernel, its modules and the initramfs.
+def _ensure_binfmt(fl: Flavour) -> None:
+    rfs = rootfs()
+    try:
+        rfs.ensure_binfmt(rfs.ROOT_SPECS[fl.root].arch)
+    except rfs.RootUnavailable as e:
+        raise TestbedUnavailable(str(e)) from None
+
+
+def _root_image(fl: Flavour) -> Path:
+    """Build (or reuse) the flavour's foreign root and its ext4 image."""
+    rfs = rootfs()
+    try:
+        root = rfs.ensure_root(rfs.ROOT_SPECS[fl.root], fl.root)
+        return rfs.ext4_image(root, rfs.CACHE / fl.root / f"root-{rfs.root_key(fl.root)}.ext4")
+    except rfs.RootUnavailable as e:
+        raise TestbedUnavailable(str(e)) from None
+
+
+def prepare(refresh: bool = False, flavour_name: str | None = None) -> Prepared:
+    """Set up (or reuse) the kernel, its modules and the initramfs (and, for an image flavour, its root).
 
     Without ``refresh`` a previously prepared kernel is reused without asking
     apt; with it, apt is asked for the newest 6.12 kernel again.
     Raises :class:`TestbedUnavailable` with the reason if this host cannot do it.
     """
-    missing = missing_tools()
+    fl = flavour(flavour_name)
+    missing = missing_tools(fl)
     if missing:
         raise TestbedUnavailable("missing host tools: " + ", ".join(missing))
-    with _Lock(CACHE / ".lock"):
+    # one lock per flavour: building the arm64 root takes minutes and must not hold up amd64 guests
+    with _Lock(CACHE / (".lock" if fl.name == DEFAULT_FLAVOUR else f".lock-{fl.name}")):
+        image = _root_image(fl) if fl.root else None
         if not refresh:
-            p = _from_state()
-            if p is not None:
+            p = _from_state(fl)
+            if p is not None and p.root_image == image:
                 # the init script may have changed since: rebuild the initramfs if so
-                return _finish(p.tree, p.version)
+                return _finish(p.tree, p.version, fl, image)
         try:
-            pkg, release = resolve_kernel_package()
+            if fl.root:
+                _ensure_binfmt(fl)
+            pkg, release = resolve_kernel_package(fl)
         except TestbedUnavailable:
-            p = _from_state()
-            if p is not None:  # offline, but something usable is cached
+            p = _from_state(fl)
+            if p is not None and p.root_image == image:  # offline, but something usable is cached
                 return p
             raise
-        deb = _download(pkg)
+        deb = _download(pkg, fl)
         tree = _unpack(deb, release)
-        return _finish(tree, release)
+        return _finish(tree, release, fl, image)
 
 
 # --------------------------------------------------------------------------- run
@@ -512,10 +662,16 @@ def prepare(refresh: bool = False) -> Prepared:
 def guest_env(env: Mapping[str, str | None] | None = None, prepared: Prepared | None = None) -> dict[str, str]:
     """The environment the guest command gets."""
     out = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    own_root = prepared is not None and prepared.root_image is not None
+    if own_root:
+        # the guest's root is not this machine's: its paths (venvs, pyenv) mean nothing there
+        for k in ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "PYENV_ROOT", "PYENV_VERSION"):
+            out.pop(k, None)
+        out["VIRTUAL_ENV"] = str(Path(prepared.guest_python).parent.parent)
     out.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     path = out["PATH"].split(":")
-    # the interpreter running this (e.g. a venv) first, sbin for modprobe/pcscd
-    path.insert(0, str(Path(sys.executable).parent))
+    # the interpreter that runs the tests (e.g. a venv) first, sbin for modprobe/pcscd
+    path.insert(0, str(Path(prepared.guest_python if prepared else sys.executable).parent))
     for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"):
         if extra not in path:
             path.append(extra)
@@ -561,12 +717,18 @@ def _job_script(command: str, cwd: str, env: Mapping[str, str]) -> str:
 GUEST_SHADOWED = ("/tmp", "/run")
 
 
-def hidden_host_paths() -> list[Path]:
-    """Folders the guest must see but that lie under a path it mounts afresh (a checkout in /tmp)."""
-    wanted = {REPO, CACHE, Path(sys.executable).parent.parent.resolve()}
+def hidden_host_paths(prepared: Prepared | None = None) -> list[Path]:
+    """Folders the guest must see but that lie under a path it mounts afresh (a checkout in /tmp), or,
+    with a root image, that the image lacks (the checkout, the kernel's modules): 9p shares."""
+    own_root = prepared is not None and prepared.root_image is not None
+    if own_root:
+        wanted = {REPO, prepared.tree.resolve()}
+    else:
+        wanted = {REPO, CACHE, Path(sys.executable).parent.parent.resolve()}
     out: list[Path] = []
     for path in sorted(wanted, key=lambda p: len(p.parts)):
-        if any(path.is_relative_to(s) for s in GUEST_SHADOWED) and not any(path.is_relative_to(o) for o in out):
+        hidden = own_root or any(path.is_relative_to(s) for s in GUEST_SHADOWED)
+        if hidden and not any(path.is_relative_to(o) for o in out):
             if " " in str(path):
                 raise TestbedUnavailable(f"{path} contains a space; the guest cannot share it")
             out.append(path)
@@ -574,20 +736,26 @@ def hidden_host_paths() -> list[Path]:
 
 
 def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2) -> list[str]:
-    shares = hidden_host_paths()
+    fl = flavour(prepared.flavour)
+    shares = hidden_host_paths(prepared)
     append = " ".join([
-        "console=ttyS0,115200", "panic=-1", "loglevel=4", "mitigations=off", "rdinit=/init",
-        "i8042.noaux", "i8042.nokbd", "random.trust_cpu=on", "tsc=unstable",
+        f"console={fl.console}", "panic=-1", "loglevel=4", "mitigations=off", "rdinit=/init", *fl.append,
         *(f"ccidgadget.share{i}={p}" for i, p in enumerate(shares)),
     ])
     extra = [a for i, p in enumerate(shares) for a in
              ("-virtfs", f"local,path={p},mount_tag=share{i},security_model=none,readonly=on,multidevs=remap")]
+    if prepared.root_image is not None:
+        # read-only: several guests share one image; the overlay's upper layer is a tmpfs
+        root = ["-drive", f"file={prepared.root_image},if=none,format=raw,readonly=on,id=root",
+                "-device", "virtio-blk-pci,drive=root"]
+    else:
+        root = ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
     return [
-        QEMU, "-accel", "tcg,thread=multi", "-cpu", os.environ.get("CCIDGADGET_VM_CPU", "max"), "-m", str(memory), "-smp", str(smp),
+        fl.qemu, *fl.machine, "-cpu", os.environ.get(fl.cpu_env, fl.cpu), "-m", str(memory), "-smp", str(smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
         "-serial", f"file:{out_dir / CONSOLE_FILE}", "-no-reboot",
         "-kernel", str(prepared.kernel), "-initrd", str(prepared.initramfs), "-append", append,
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        *root,
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none,multidevs=remap",
         *extra,
     ]
@@ -605,6 +773,7 @@ def run(
     stream: IO[str] | None = None,
     prepared: Prepared | None = None,
     init: str = "busybox",
+    flavour_name: str | None = None,
 ) -> VMResult:
     """Boot the guest, run ``command`` (shell string or argv) in ``cwd`` and power off.
 
@@ -614,11 +783,12 @@ def run(
     receives the console while the guest runs. QEMU is killed after ``timeout``
     seconds (``VMResult.timed_out``). ``init="systemd"`` boots systemd as PID 1 and runs the
     command as a service of it (tests/vm/systemd_guest.py); the default runs it from the
-    initramfs' busybox init.
+    initramfs' busybox init. ``flavour_name`` (or ``prepared.flavour``) picks the guest's
+    architecture (FLAVOURS); there the tests' interpreter is ``prepared.guest_python``.
     """
     if init not in ("busybox", "systemd"):
         raise ValueError(f"init must be 'busybox' or 'systemd', not {init!r}")
-    prepared = prepared or prepare()
+    prepared = prepared or prepare(flavour_name=flavour_name)
     if not isinstance(command, str):
         command = shlex.join(command)
     cwd = str(Path(cwd or os.getcwd()).resolve())
@@ -670,11 +840,14 @@ def run(
 
 
 def _systemd_guest():
+    return _load_sibling("ccidgadget_vm_systemd_guest", "systemd_guest.py")
+
+
+def _load_sibling(name: str, filename: str):
     # loaded by path: tests/ is not a package and testbed.py itself is loaded by path
     import importlib.util
-    name = "ccidgadget_vm_systemd_guest"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("systemd_guest.py"))
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
@@ -710,7 +883,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_prep = sub.add_parser("prepare", help="download/unpack the kernel and build the initramfs (cached)")
     p_prep.add_argument("--refresh", action="store_true", help="ask apt for a newer kernel")
+    p_prep.add_argument("--flavour", choices=sorted(FLAVOURS), default=DEFAULT_FLAVOUR,
+                        help="the guest's architecture (default %(default)s)")
     p_run = sub.add_parser("run", help="boot the guest and run a command in it")
+    p_run.add_argument("--flavour", choices=sorted(FLAVOURS), default=DEFAULT_FLAVOUR,
+                       help="the guest's architecture (default %(default)s)")
     p_run.add_argument("--timeout", type=float, default=600)
     p_run.add_argument("--cwd", default=None, help="working directory in the guest (default: current)")
     p_run.add_argument("--out", default=None, help="results directory ($CCIDGADGET_VM_OUT in the guest)")
@@ -723,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     try:
-        prepared = prepare(refresh=getattr(args, "refresh", False))
+        prepared = prepare(refresh=getattr(args, "refresh", False), flavour_name=args.flavour)
     except TestbedUnavailable as e:
         print(f"VM test bed unavailable: {e}", file=sys.stderr)
         return 2
