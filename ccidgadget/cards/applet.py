@@ -93,6 +93,25 @@ class StatefulApplet(Applet):
     def persist_current(self) -> None:
         self.card.store.save(self.card.state.to_dict())
 
+    def open_sealed(self, fn):
+        """Open something sealed at rest (cards/vault.py): 6982 while the card is locked, 6581 (and the
+        reason in the log) if it fails its integrity check."""
+        try:
+            return fn()
+        except PermissionError:
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED) from None
+        except StorageError as e:
+            log.error("%s card: %s", self.name, e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+
+    def unlock_card(self, dek: bytes) -> None:
+        """Keep the data key a PIN check opened; 6581 if the card sealing key does not open (tampered)."""
+        try:
+            self.card.unlock(dek)
+        except StorageError as e:
+            log.error("%s card: %s; PIN not accepted", self.name, e)
+            raise ApduError(SW.MEMORY_FAILURE) from None
+
     def check_reference(self, slot, value: bytes, what: str) -> bytes | None:
         """`PinSlot.verify` with the current state as what its counter is saved in; the data key it opens.
 
@@ -106,6 +125,36 @@ class StatefulApplet(Applet):
         except StorageError as e:
             log.error("%s card state not saved (%s); %s not checked", self.name, e, what)
             raise ApduError(SW.MEMORY_FAILURE) from None
+
+
+class VaultCardMixin:
+    """A card whose data key is open (`session`, a vault.VaultSession) only while its PIN status lasts.
+
+    `state.vault` is the card's vault; `state.keys` entries have `forget()`, which drops an opened
+    PIN-protected private key when the card locks.
+    """
+
+    session = None
+
+    def unlock(self, dek: bytes) -> None:
+        """A PIN was verified: keep the data key (one per card: an open session stays as it is)."""
+        if self.session is None:
+            self.session = self.state.vault.open_session(dek)
+
+    def lock(self) -> None:
+        """The PIN status is lost: the data key and the opened private keys leave memory."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
+        state = getattr(self, "state", None)
+        if state is not None:
+            for entry in state.keys.values():
+                entry.forget()
+
+    def data_key(self) -> bytes:
+        if self.session is None:
+            raise PermissionError("the card is locked")
+        return self.session.data_key()
 
 
 class AppletCard(EmulatedCard):

@@ -323,6 +323,23 @@ class LockedCardKey:
     matches = CardKey.matches
 
 
+class SealedKey:
+    """A card's private key kept sealed at rest (cards/vault.py): `_sealed` is its record, `_clear` the
+    `CardKey` while it is open in memory; `key` is that, or a `LockedCardKey` with the public half."""
+
+    __slots__ = ("public_key", "algorithm", "_clear", "_sealed")
+
+    def __init__(self, key: "CardKey | None", sealed: dict | None, public_key) -> None:
+        self._clear = key
+        self._sealed = sealed
+        self.public_key = key.public_key if key is not None else public_key
+        self.algorithm = key.algorithm if key is not None else LockedCardKey(public_key).algorithm
+
+    @property
+    def key(self):
+        return self._clear if self._clear is not None else LockedCardKey(self.public_key)
+
+
 #: DER DigestInfo prefixes (RFC 8017 §9.2 note 1) by hash.
 _DIGEST_INFO_PREFIXES = {
     bytes.fromhex("3021300906052b0e03021a05000414"): hashes.SHA1,

@@ -314,25 +314,27 @@ def _is_openpgp(args) -> bool:
 def _openpgp_create(args) -> None:
     from .openpgp import provision as pgp
     card = pgp.create_card(args.dir, pw1=args.pin or pgp.DEFAULT_PW1, pw3=args.admin_pin or pgp.DEFAULT_PW3,
-                           serial=args.serial)
+                           serial=args.serial, options=vault_options(args))
     print(f"created OpenPGP card {card.state.serial:08X} in {args.dir}")
 
 
 def _openpgp_import(args) -> None:
     from .openpgp import provision as pgp
-    info = pgp.import_key(args.dir, pgp.parse_key_slot(args.slot), Path(args.file), password=args.password)
+    info = pgp.import_key(args.dir, pgp.parse_key_slot(args.slot), Path(args.file), password=args.password,
+                          options=vault_options(args))
     print(f"imported {info['algorithm']} key into {info['slot']}, fingerprint {info['fingerprint']}")
 
 
 def _openpgp_generate(args) -> None:
     from .openpgp import provision as pgp
-    info = pgp.generate_key(args.dir, pgp.parse_key_slot(args.slot), pgp.parse_algorithm(args.algorithm))
+    info = pgp.generate_key(args.dir, pgp.parse_key_slot(args.slot), pgp.parse_algorithm(args.algorithm),
+                            options=vault_options(args))
     print(f"generated {info['algorithm']} key in {info['slot']}, fingerprint {info['fingerprint']}")
 
 
 def _openpgp_show(args) -> None:
     from .openpgp import provision as pgp
-    info = pgp.show_card(args.dir)
+    info = pgp.show_card(args.dir, vault_options(args))
     if args.json:
         import json
         print(json.dumps(info, indent=2))
@@ -343,7 +345,11 @@ def _openpgp_show(args) -> None:
         print(f"  {label}: {p['tries_left']}/{p['max_tries']} tries left" + (" (DEFAULT value)" if p["default"] else ""))
     rc = info["reset_code"]
     print(f"  resetting code: " + (f"{rc['tries_left']} tries left" if rc["set"] else "not set"))
-    print(f"  KDF: {'on' if info['kdf'] else 'off'}; signatures made: {info['signature_counter']}")
+    print(f"  KDF: {'on' if info['kdf'] else 'off'}; signatures made: {info['signature_counter']}; "
+          f"device secret: {info['device_secret']}")
+    if info["conversion_pending"]:
+        print("  converted from a state without keys at rest: the data key is also sealed to the device key "
+              f"until {', '.join(n.upper() for n in info['conversion_pending'])} are verified once")
     for slot, k in info["keys"].items():
         print(f"  {slot}: " + ", ".join(f"{a}={v}" for a, v in k.items()))
 
@@ -354,7 +360,7 @@ def _openpgp_change_pin(args) -> None:
     what = "admin PIN" if args.admin else "PIN"
     old = args.old if args.old is not None else _read_secret(f"current {what}: ")
     new = args.new if args.new is not None else _read_secret(f"new {what}: ")
-    pgp.change_pin(args.dir, old, new, which=which)
+    pgp.change_pin(args.dir, old, new, which=which, options=vault_options(args))
     print(f"{what} changed")
 
 
@@ -364,7 +370,7 @@ def _reset(args) -> None:
 
 def _openpgp_reset(args) -> None:
     from .openpgp import provision as pgp
-    info = pgp.reset_card(args.dir)
+    info = pgp.reset_card(args.dir, vault_options(args))
     print(f"OpenPGP card {info['serial']} reset to factory defaults (PIN 123456, admin PIN 12345678)")
 
 
@@ -511,7 +517,8 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tcti", help="TPM2TOOLS_TCTI (default: tpm2-tools' own, /dev/tpmrm0)")
     p.set_defaults(func=_tpm_seal)
 
-    p = sub.add_parser("reset", help="OpenPGP: factory reset (keys, PINs and data objects erased)")
+    p = sub.add_parser("reset", help="OpenPGP: factory reset (keys, PINs and data objects erased)",
+                       parents=[common, kdf])
     p.add_argument("--dir", type=Path, required=True)
     p.set_defaults(func=_cmd(_reset))
     return card

@@ -339,6 +339,19 @@ class CardVault:
             return session.open_for_card(record, label)
         raise StorageError(f"malformed sealed record ({label}): sealed by {by!r}")
 
+    def open_private_key(self, record: dict, label: str, session: "VaultSession | None", public_key, algorithm):
+        """A sealed private key (PKCS#8 DER) as a keys.CardKey, checked against its public half;
+        PermissionError while the card is locked, StorageError if it is not the key it should be."""
+        from .keys import CardKey, KeyLoadError
+        der = self.open(record, label, session)
+        try:
+            key = CardKey(serialization.load_der_private_key(der, None), algorithm)
+        except (ValueError, KeyLoadError) as e:
+            raise StorageError(f"sealed key {label} does not hold a {algorithm.name} key: {e}") from None
+        if not key.matches(public_key):
+            raise StorageError(f"sealed key {label} does not match its public key")
+        return key
+
     def open_session(self, dek: bytes) -> "VaultSession":
         return VaultSession(self, dek)
 

@@ -344,16 +344,22 @@ def test_sealed_records_carry_their_identity(tmp_path):
 
 
 # -- VERIFY: one KDF, tearing-safe counter, data key lifetime ----------------------------------------
-def test_verify_is_one_kdf_call_and_the_counter_is_durable_before_it(tmp_path, monkeypatch):
-    card = _piv_with_9a(tmp_path / "card")
-    calls = []
+def count_kdf_calls(monkeypatch, directory: Path, record: str) -> list[int]:
+    """Every scrypt call from now on appends the stored tries_left of PIN record `record` at that moment."""
+    calls: list[int] = []
     real = pin._kdf
 
     def counting(value, salt, n, r, p):
-        calls.append(CardStore(tmp_path / "card").load()["pin"]["tries_left"])
+        calls.append(CardStore(directory).load()[record]["tries_left"])
         return real(value, salt, n, r, p)
 
     monkeypatch.setattr(pin, "_kdf", counting)
+    return calls
+
+
+def test_verify_is_one_kdf_call_and_the_counter_is_durable_before_it(tmp_path, monkeypatch):
+    card = _piv_with_9a(tmp_path / "card")
+    calls = count_kdf_calls(monkeypatch, tmp_path / "card", "pin")
     h = PivClient(card)
     h.select()
     assert h.verify(PIN) == 0x9000
@@ -562,38 +568,56 @@ def test_migration_interrupted_at_any_step_leaves_the_old_state(tmp_path, monkey
     assert card.state.management.key == v1_states.MGMT
 
 
-def test_kill_9_during_migration_leaves_old_or_new(tmp_path):
-    """A child process converts format 1 cards and is SIGKILLed at random moments."""
+def kill_9_while_opening(tmp_path: Path, card_class: str, make, check, rounds: int) -> dict:
+    """A child process opens (so converts) the card `make(directory)` wrote, with ``card_class.open``
+    ("module:Class"), and is SIGKILLed at random moments; after each kill the file is the old one or a
+    converted one, the next open works (`check(directory, made)`) and no stray file is left."""
     import random
+    import time
     rng = random.Random(int(os.environ.get("CCIDGADGET_FAULT_SEED", "13")))
     repo = Path(__file__).resolve().parents[2]
+    module, cls = card_class.split(":")
     outcomes = {"old": 0, "new": 0}
     script = ("import sys, time, logging; sys.path[:0] = [sys.argv[1]]\n"
               "from ccidgadget.cards import pin; pin.SCRYPT_N = 16\n"
-              "from ccidgadget.cards.piv import PivCard\nfrom ccidgadget.cards.storage import CardStore\n"
+              f"from {module} import {cls} as Card\nfrom ccidgadget.cards.storage import CardStore\n"
               "print('ready', flush=True); sys.stdin.readline()\n"
-              "PivCard.open(CardStore(sys.argv[2]))\nprint('done', flush=True); time.sleep(30)\n")
-    for rnd in range(12):
+              "Card.open(CardStore(sys.argv[2]))\nprint('done', flush=True); time.sleep(30)\n")
+    window = None                       # round 0 is not interrupted: it measures how long a conversion takes
+    for rnd in range(rounds):
         d = tmp_path / f"c{rnd}"
-        made = v1_states.piv_v1(d)
+        made = make(d)
         original = (d / "state.json").read_bytes()
         child = subprocess.Popen([sys.executable, "-c", script, str(repo), str(d)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline() == "ready\n"
         child.stdin.write("go\n")
         child.stdin.flush()
-        import time
-        time.sleep(rng.uniform(0, 0.08))
+        if window is None:
+            start = time.monotonic()
+            assert child.stdout.readline() == "done\n"
+            window = 1.3 * (time.monotonic() - start)
+        else:
+            time.sleep(rng.uniform(0, window))
         child.send_signal(signal.SIGKILL)
         child.wait()
         now = (d / "state.json").read_bytes()
-        version = json.loads(now)["version"]
-        assert now == original or version == 2
+        doc = json.loads(now)
+        assert now == original or (doc["version"] == 2 and "vault" in doc and "mac" in doc)
         outcomes["old" if now == original else "new"] += 1
+        check(d, made)
+        assert [p.name for p in d.iterdir() if not p.name.startswith(".state.json.")] == ["state.json"]
+    return outcomes
+
+
+def test_kill_9_during_migration_leaves_old_or_new(tmp_path):
+    """A child process converts format 1 cards and is SIGKILLed at random moments."""
+    def check(d: Path, made: dict) -> None:
         card = PivCard.open(CardStore(d))
         assert card.state.management.key == v1_states.MGMT
         assert card.state.keys[0x9A].key.matches(made["keys"][0x9A].public_key())
-        assert [p.name for p in d.iterdir() if not p.name.startswith(".state.json.")] == ["state.json"]
+
+    outcomes = kill_9_while_opening(tmp_path, "ccidgadget.cards.piv:PivCard", v1_states.piv_v1, check, 12)
     print("kill -9 during migration:", outcomes)
 
 
@@ -785,3 +809,468 @@ def test_card_commands_read_the_vault_configuration(tmp_path, capsys):
     assert h.verify("12344321") == 0x9000 and _sign_9a(card) == 0x9000
     assert main_card(["create", "--dir", str(tmp_path / "c2"), "--kdf-log2-n", "9"]) == 1
     assert "2^10" in capsys.readouterr().err
+
+
+# -- the OpenPGP card ------------------------------------------------------------------------------------
+from ccidgadget.cards.openpgp import OpenPgpCard                                 # noqa: E402
+from ccidgadget.cards.openpgp import provision as pgp_provision                  # noqa: E402
+from test_openpgp import CV25519_ATTR, ED25519_ATTR, P256_ECDSA_ATTR, T, Tx, _import, _s2k, apdu  # noqa: E402
+
+PW1, PW3, RC = "24680246", "admin-13579", "reset-8642"
+DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+def pgp_verify(tx: Tx, ref: int, value: bytes) -> int:
+    return tx(apdu(0, 0x20, 0, ref, value))[1]
+
+
+def pgp_sign(tx: Tx, message: bytes = b"signed at rest") -> tuple[bytes, int]:
+    """PSO:CDS of a SHA-256 hash (a DigestInfo for RSA) with the SIG key, as GnuPG sends it."""
+    digest = hashlib.sha256(message).digest()
+    alg = tx.card.state.keys[_KEY.SIG].algorithm
+    data = DIGEST_INFO + digest if alg.is_rsa else digest
+    return tx(apdu(0, 0x2A, 0x9E, 0x9A, data, le=256 if not alg.is_rsa else 0))
+
+
+def pgp_card(directory: Path, options: VaultOptions = vault.DEFAULT_OPTIONS) -> tuple[OpenPgpCard, Tx]:
+    card = OpenPgpCard.open(CardStore(directory, options.device()), options=options)
+    card.reset()
+    tx = Tx(card)
+    tx.ok("00A4040006D27600012401")
+    return card, tx
+
+
+from ccidgadget.cards.openpgp.constants import KEY as _KEY                       # noqa: E402
+import hashlib                                                                  # noqa: E402
+
+
+def pgp_with_pws(directory: Path, options: VaultOptions) -> tuple[OpenPgpCard, Tx]:
+    """A new OpenPGP card whose PW3 and PW1 are changed to PW3/PW1 (CHANGE REFERENCE DATA) and whose
+    resetting code is set to RC (PUT DATA D3); PW3 is left verified."""
+    card = OpenPgpCard.create(CardStore(directory, options.device()), options=options)
+    card.reset()
+    tx = Tx(card)
+    tx.ok("00A4040006D27600012401")
+    tx.ok(apdu(0, 0x24, 0, 0x83, b"12345678" + PW3.encode()))
+    tx.ok(apdu(0, 0x24, 0, 0x81, b"123456" + PW1.encode()))
+    assert pgp_verify(tx, 0x83, PW3.encode()) == 0x9000
+    tx.ok(apdu(0, 0xDA, 0, 0xD3, RC.encode()))
+    return card, tx
+
+
+def provision_openpgp(state_dir: Path, tmp_path: Path, options: VaultOptions = vault.DEFAULT_OPTIONS):
+    """Two OpenPGP cards: one provisioned through APDUs (new PW1/PW3, a resetting code, Ed25519 and P-256
+    generated, a Cv25519 key imported, fingerprints written, both protected private DOs), one offline
+    (RSA-2048 generated, brainpoolP256r1 and secp256k1 imported) that then turns the KDF-DO on; returns the
+    secrets to look for."""
+    secrets: dict[str, bytes] = {"OpenPGP PW1": PW1.encode(), "OpenPGP PW3": PW3.encode(), "OpenPGP RC": RC.encode(),
+                                 "OpenPGP 0103": b"only after PW1: 0103", "OpenPGP 0104": b"only after PW3: 0104"}
+    card, tx = pgp_with_pws(state_dir / "pgp", options)
+    for tag, attrs in ((0xC1, ED25519_ATTR), (0xC2, CV25519_ATTR), (0xC3, P256_ECDSA_ATTR)):
+        tx.ok(apdu(0, 0xDA, 0, tag, bytes.fromhex(attrs)))
+    tx.long("0047800002B60000")
+    tx.long("0047800002A40000")
+    cv = x25519.X25519PrivateKey.generate()
+    raw = cv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    assert _import(tx, "B8", [(0x92, raw[::-1])]) == 0x9000
+    for tag in (0xC7, 0xC8, 0xC9):                         # the fingerprints GnuPG writes after GENERATE
+        tx.ok(apdu(0, 0xDA, 0, tag, os.urandom(20)))
+    tx.ok(apdu(0, 0xDA, 0x01, 0x04, secrets["OpenPGP 0104"]))
+    assert pgp_verify(tx, 0x82, PW1.encode()) == 0x9000
+    tx.ok(apdu(0, 0xDA, 0x01, 0x03, secrets["OpenPGP 0103"]))
+    for k in _KEY:
+        for what, needle in key_needles(card.state.private_key(k, card.session)).items():
+            secrets[f"OpenPGP {k.name} {what}"] = needle
+    # offline: a generated RSA-2048 key and two imported EC keys, sealed without any PIN
+    offline = state_dir / "pgp-offline"
+    pgp_provision.create_card(offline, pw1="112233", pw3="adm1n-pw3", options=options)
+    pgp_provision.generate_key(offline, _KEY.SIG, pgp_provision.parse_algorithm("rsa2048"), options=options)
+    for slot, curve in ((_KEY.DEC, ec.BrainpoolP256R1()), (_KEY.AUT, ec.SECP256K1())):
+        key = ec.generate_private_key(curve)
+        path = tmp_path / f"offline-{slot.name}.pem"
+        path.write_text(v1_states.pem(key))
+        pgp_provision.import_key(offline, slot, path, options=options)
+        for what, needle in key_needles(key).items():
+            secrets[f"OpenPGP offline {slot.name} {what}"] = needle
+    secrets.update({"offline PW1": b"112233", "offline PW3": b"adm1n-pw3"})
+    # ... then KDF on (§4.3.2, as `gpg --card-edit kdf-setup` writes it): the PWs are hashes from now on
+    card2, tx2 = pgp_card(offline, options)
+    for what, needle in key_needles(_opened_key(card2, tx2, b"112233", _KEY.SIG)).items():
+        secrets[f"OpenPGP offline SIG {what}"] = needle
+    salt, count = os.urandom(8), 0x00100000
+    h1, h3 = _s2k(b"123456", salt, count), _s2k(b"12345678", salt, count)
+    kdf = bytes.fromhex("810103 820108 8304") + count.to_bytes(4, "big") + T(0x84, salt) + T(0x87, h1) + T(0x88, h3)
+    assert pgp_verify(tx2, 0x83, b"adm1n-pw3") == 0x9000
+    tx2.ok(apdu(0, 0xDA, 0, 0xF9, kdf))
+    new_h1 = _s2k(b"909090", salt, count)
+    tx2.ok(apdu(0, 0x24, 0, 0x81, h1 + new_h1))
+    secrets["offline PW1 as its KDF hash"] = new_h1
+    return [card, card2], secrets
+
+
+def _opened_key(card: OpenPgpCard, tx: Tx, pw1: bytes, key):
+    assert pgp_verify(tx, 0x82, pw1) == 0x9000
+    opened = card.state.private_key(key, card.session)
+    tx.ok("0020FF82")
+    return opened
+
+
+def test_grep_of_the_state_directory_with_openpgp_cards_finds_no_secret(tmp_path):
+    state = tmp_path / "state"
+    _, _, secrets = provision_everything(state, tmp_path)
+    cards, pgp_secrets = provision_openpgp(state, tmp_path)
+    secrets.update(pgp_secrets)
+    # 6 keys: Ed25519, Cv25519, P-256, RSA-2048, brainpoolP256r1, secp256k1 (RSA: DER, p, q, d, PKCS#1)
+    assert len([k for k in secrets if k.startswith("OpenPGP") and "DER" in k]) >= 7
+    assert leaks(state, secrets) == []
+    names = sorted(p.relative_to(state).as_posix() for p in state.rglob("*") if p.is_file())
+    assert names == ["cac/state.json", "pgp-offline/state.json", "pgp/state.json", "piv/state.json"]
+    for name in names:
+        doc = json.loads((state / name).read_text())
+        assert doc["version"] == 2 and "mac" in doc and doc["vault"]["format"] == "ccidgadget-card/2"
+    doc = json.loads((state / "pgp" / "state.json").read_text())
+    assert all(k["sealed"]["by"] == "card" for k in doc["keys"].values())
+    assert sorted(doc["sealed_private_dos"]) == ["0103", "0104"] and doc["private_dos"] == {}
+    assert "interim_data_key" not in doc and all("wrap" in doc[p] for p in ("pw1", "pw3", "rc"))
+
+
+def _pgp_with_keys(directory: Path, options: VaultOptions = vault.DEFAULT_OPTIONS) -> OpenPgpCard:
+    """PW1/PW3/RC set, an Ed25519 SIG key and a P-256 AUT key generated on the card."""
+    card, tx = pgp_with_pws(directory, options)
+    tx.ok(apdu(0, 0xDA, 0, 0xC1, bytes.fromhex(ED25519_ATTR)))
+    tx.ok(apdu(0, 0xDA, 0, 0xC3, bytes.fromhex(P256_ECDSA_ATTR)))
+    tx.long("0047800002B60000")
+    tx.long("0047800002A40000")
+    tx.ok(apdu(0, 0xDA, 0, 0xC7, bytes(range(20))))
+    card.reset()
+    return card
+
+
+def test_openpgp_copied_directory_opens_with_the_right_pw_only(tmp_path):
+    _pgp_with_keys(tmp_path / "card")
+    shutil.copytree(tmp_path / "card", tmp_path / "copy")
+    card, tx = pgp_card(tmp_path / "copy")
+    assert pgp_verify(tx, 0x81, b"00000000") == 0x63C2 and card.session is None
+    assert pgp_sign(tx)[1] == 0x6982
+    assert pgp_verify(tx, 0x83, b"not-the-admin") == 0x63C2 and card.session is None
+    assert pgp_verify(tx, 0x81, PW1.encode()) == 0x9000 and card.session is not None
+    assert pgp_sign(tx)[1] == 0x9000
+    # offline, with the library only: wrong values derive keys that open no wrap; the right ones do
+    doc = json.loads((tmp_path / "copy" / "state.json").read_text())
+    for which, right in (("pw1", PW1), ("pw3", PW3), ("rc", RC)):
+        record = pin.PinSlot.from_dict(doc[which], aad=card.state.vault.aad(f"openpgp/{which}"))
+        with pytest.raises(pin.ApduError):
+            record.verify(b"wrong-value", lambda: None)
+        assert len(record.verify(right.encode(), lambda: None)) == vault.DATA_KEY_LEN
+    # the data key opened with any of them opens the keys
+    dek = pin.PinSlot.from_dict(doc["rc"], aad=card.state.vault.aad("openpgp/rc")).verify(RC.encode(), lambda: None)
+    session = card.state.vault.open_session(dek)
+    assert card.state.keys[_KEY.SIG].key.matches(card.state.private_key(_KEY.SIG, session).public_key)
+
+
+def test_openpgp_device_secret_is_required_in_addition(tmp_path):
+    secret_file = tmp_path / "secret"
+    create_file_secret(secret_file)
+    options = VaultOptions(device_secret="file", device_secret_path=str(secret_file))
+    _pgp_with_keys(tmp_path / "card", options)
+    with pytest.raises(StorageError, match=r"bound to device secret 'file' \([0-9a-f]{16}\); this daemon is "
+                                           r"configured with no device secret"):
+        OpenPgpCard.open(CardStore(tmp_path / "card"))
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    card, tx = pgp_card(tmp_path / "card", options)
+    no_secret = pin.PinSlot.from_dict(doc["pw1"], aad=card.state.vault.aad("openpgp/pw1"))
+    with pytest.raises(pin.ApduError):
+        no_secret.verify(PW1.encode(), lambda: None)                # the PW alone derives the wrong key
+    assert pgp_verify(tx, 0x81, PW1.encode()) == 0x9000 and pgp_sign(tx)[1] == 0x9000
+
+
+def test_openpgp_verify_is_one_kdf_call_and_the_counter_is_durable_before_it(tmp_path, monkeypatch):
+    _pgp_with_keys(tmp_path / "card")
+    card, tx = pgp_card(tmp_path / "card")
+    calls = count_kdf_calls(monkeypatch, tmp_path / "card", "pw1")
+    assert pgp_verify(tx, 0x81, PW1.encode()) == 0x9000
+    assert calls == [2]                  # one scrypt call, made after the decremented counter was saved
+    assert pgp_verify(tx, 0x82, b"wrong-pin") == 0x63C2 and calls == [2, 2]
+    tx.ok(apdu(0, 0x24, 0, 0x81, PW1.encode() + b"76543210"))
+    assert len(calls) == 4               # CHANGE REFERENCE DATA: the old value and the new one
+
+
+def test_openpgp_data_key_lives_as_long_as_a_pw_status(tmp_path):
+    """OpenPGP card 3.4 §4.3, §7.2.2: PW1 81 for one signature when C4 says so, PW1 82 and PW3 until reset."""
+    _pgp_with_keys(tmp_path / "card")
+    card, tx = pgp_card(tmp_path / "card")
+
+    def session():
+        s = card.session
+        assert s is not None and not s.closed
+        return s
+
+    assert pgp_verify(tx, 0x83, PW3.encode()) == 0x9000
+    tx.ok("00DA00C40100")                                     # C4: PW1 valid for one signature
+    tx.ok("0020FF83")
+    assert card.session is None                                # VERIFY P1=FF: nothing verified any more
+    assert pgp_verify(tx, 0x81, PW1.encode()) == 0x9000
+    s = session()
+    assert pgp_sign(tx)[1] == 0x9000
+    assert s.closed and card.session is None and card.state.keys[_KEY.SIG]._clear is None   # one signature
+    assert pgp_sign(tx)[1] == 0x6982
+    assert pgp_verify(tx, 0x82, PW1.encode()) == 0x9000
+    s = session()
+    for _ in range(3):                                         # PW1 82 stays until reset
+        assert tx(apdu(0, 0x88, 0, 0, os.urandom(32), le=256))[1] == 0x9000
+    assert pgp_verify(tx, 0x81, PW1.encode()) == 0x9000 and card.session is s      # one data key per card
+    assert pgp_verify(tx, 0x82, b"wrong-pin") == 0x63C2
+    assert card.session is s                                   # PW1 81 still verified: the key stays
+    assert pgp_sign(tx)[1] == 0x9000 and s.closed              # ... until its one signature
+    assert pgp_verify(tx, 0x83, PW3.encode()) == 0x9000
+    s = session()
+    assert "dek" not in repr(s) and repr(s._dek).startswith("SecretBytes(32 bytes")
+    card.reset()
+    assert card.session is None and s._dek.wiped
+    tx.ok("00A4040006D27600012401")
+    assert pgp_verify(tx, 0x82, PW1.encode()) == 0x9000
+    s = session()
+    asyncio.run(_power_off(card))
+    assert s.closed and card.session is None
+    card.insert()
+    asyncio.run(_power_on(card))
+    tx.ok("00A4040006D27600012401")
+    assert pgp_verify(tx, 0x83, PW3.encode()) == 0x9000
+    s = session()
+    card.remove()
+    asyncio.run(_drain(card))
+    assert s.closed and card.session is None
+
+
+def test_openpgp_pw_changes_rewrap_only_the_data_key(tmp_path):
+    _pgp_with_keys(tmp_path / "card")
+    path = tmp_path / "card" / "state.json"
+    card, tx = pgp_card(tmp_path / "card")
+
+    def changed(before: dict) -> set[str]:
+        after = json.loads(path.read_text())
+        return {k for k in set(before) | set(after) if before.get(k) != after.get(k)} - {"mac"}
+
+    before = json.loads(path.read_text())
+    tx.ok(apdu(0, 0x24, 0, 0x81, PW1.encode() + b"11112222"))          # CHANGE REFERENCE DATA PW1
+    assert changed(before) == {"pw1"} and card.session is None
+    after = json.loads(path.read_text())
+    assert after["pw1"]["salt"] != before["pw1"]["salt"] and after["pw1"]["wrap"] != before["pw1"]["wrap"]
+    before = after
+    tx.ok(apdu(0, 0x24, 0, 0x83, PW3.encode() + b"new-admin-pw"))      # ... PW3
+    assert changed(before) == {"pw3"}
+    before = json.loads(path.read_text())
+    for _ in range(3):
+        pgp_verify(tx, 0x81, b"wrong-pin")
+    assert pgp_verify(tx, 0x81, b"11112222") == 0x6983
+    before = json.loads(path.read_text())
+    tx.ok(apdu(0, 0x2C, 0, 0x81, RC.encode() + b"33334444"))          # RESET RETRY COUNTER, resetting code
+    assert changed(before) == {"pw1"} and card.session is None          # the RC verifies no PW
+    assert pgp_verify(tx, 0x83, b"new-admin-pw") == 0x9000
+    before = json.loads(path.read_text())
+    tx.ok(apdu(0, 0x2C, 2, 0x81, b"55556666"))                        # RESET RETRY COUNTER after PW3
+    assert changed(before) == {"pw1"}
+    before = json.loads(path.read_text())
+    tx.ok(apdu(0, 0xDA, 0, 0xD3, b"another-rc"))                     # a new resetting code
+    assert changed(before) == {"rc"}
+    again, tx2 = pgp_card(tmp_path / "card")
+    assert pgp_verify(tx2, 0x81, b"55556666") == 0x9000 and pgp_sign(tx2)[1] == 0x9000
+    tx2.ok(apdu(0, 0x2C, 0, 0x81, b"another-rc" + b"77778888"))
+    assert pgp_verify(tx2, 0x82, b"77778888") == 0x9000
+    assert tx2(apdu(0, 0x88, 0, 0, os.urandom(32), le=256))[1] == 0x9000
+
+
+def test_openpgp_keys_carry_their_identity(tmp_path):
+    """Without a device secret the MAC can be forged; the associated data still catches a key whose
+    fingerprint, attributes or origin were changed in the file, or that was moved to another slot."""
+    _pgp_with_keys(tmp_path / "card")
+    path = tmp_path / "card" / "state.json"
+    original = path.read_text()
+
+    def forged(fn):
+        path.write_text(original)
+        doc = json.loads(original)
+        fn(doc)
+        doc["mac"] = vault.document_mac(DeviceSecret(), doc)
+        path.write_text(json.dumps(doc))
+        card, tx = pgp_card(tmp_path / "card")
+        assert pgp_verify(tx, 0x81, PW1.encode()) == 0x9000
+        return pgp_sign(tx)[1]
+
+    b64 = lambda data: base64.b64encode(data).decode()       # noqa: E731
+    assert forged(lambda d: None) == 0x9000
+    assert forged(lambda d: d["fingerprints"].__setitem__("SIG", b64(bytes(range(1, 21))))) == 0x6581
+    assert forged(lambda d: d["keys"]["SIG"].__setitem__("status", "IMPORTED")) == 0x6581
+    # Ed25519 from the AUT slot's P-256 attributes would not load; give SIG the AUT key's record and attributes
+    assert forged(lambda d: (d["keys"].__setitem__("SIG", d["keys"]["AUT"]),
+                             d["attributes"].__setitem__("SIG", b64(bytes.fromhex(P256_ECDSA_ATTR))),
+                             d["fingerprints"].pop("SIG"))) == 0x6581
+    path.write_text(original)
+    doc = json.loads(original)
+    doc["keys"]["SIG"]["sealed"] = {"by": "device", "nonce": doc["keys"]["SIG"]["sealed"]["nonce"],
+                                    "ct": doc["keys"]["SIG"]["sealed"]["ct"]}
+    doc["mac"] = vault.document_mac(DeviceSecret(), doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(StorageError, match="not sealed to the card key"):
+        OpenPgpCard.open(CardStore(tmp_path / "card"))
+    path.write_text(original)
+    _edit(path, lambda d: d["pw1"].__setitem__("tries_left", 1))
+    with pytest.raises(IntegrityError, match="the MAC does not match"):
+        OpenPgpCard.open(CardStore(tmp_path / "card"))
+
+
+def test_openpgp_terminate_and_activate_make_a_new_vault(tmp_path):
+    _pgp_with_keys(tmp_path / "card")
+    card, tx = pgp_card(tmp_path / "card")
+    uid = card.state.vault.uid
+    assert pgp_verify(tx, 0x83, PW3.encode()) == 0x9000
+    tx.ok("00E60000")
+    assert card.session is None
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    assert doc["terminated"] and doc["keys"] == {} and doc["rc"] is None
+    assert base64.b64decode(doc["vault"]["uid"]) != uid
+    tx.ok("00440000")
+    doc2 = json.loads((tmp_path / "card" / "state.json").read_text())
+    assert doc2["vault"]["uid"] not in (doc["vault"]["uid"], base64.b64encode(uid).decode())
+    tx.ok("00A4040006D27600012401")
+    assert pgp_verify(tx, 0x83, b"12345678") == 0x9000 and pgp_verify(tx, 0x81, b"123456") == 0x9000
+
+
+def test_openpgp_kdf_cost_and_device_secret_from_the_configuration(tmp_path, capsys):
+    from ccidgadget.cards.provision import main_card
+    from ccidgadget.engines import CardContext, build_card
+    from ccidgadget.options import SlotSpec
+    options = VaultOptions(kdf=vault.KdfParams(2 ** 10, 1, 1))
+    card = build_card(SlotSpec(type="openpgp"), CardContext(slot=0, state_dir=tmp_path / "daemon", vault=options))
+    doc = json.loads((card.store.path).read_text())
+    assert doc["pw1"]["kdf"] == doc["pw3"]["kdf"] == {"name": "scrypt", "n": 1024, "r": 1, "p": 1}
+    card.reset()
+    tx = Tx(card)
+    tx.ok("00A4040006D27600012401")
+    assert pgp_verify(tx, 0x83, b"12345678") == 0x9000
+    tx.ok(apdu(0, 0xDA, 0, 0xD3, RC.encode()))
+    tx.ok(apdu(0, 0x24, 0, 0x81, b"123456" + PW1.encode()))
+    doc = json.loads((card.store.path).read_text())
+    assert doc["rc"]["kdf"]["n"] == doc["pw1"]["kdf"]["n"] == 1024
+    # the offline tools: --config names the device secret, --kdf-log2-n the cost
+    secret = tmp_path / "device.key"
+    assert main_card(["new-device-secret", "--file", str(secret)]) == 0
+    conf = tmp_path / "ccidgadget.toml"
+    conf.write_text(f'[vault]\ndevice_secret = "file"\ndevice_secret_path = "{secret}"\nkdf_log2_n = 11\n')
+    d = tmp_path / "pgp"
+    assert main_card(["create", "--type", "openpgp", "--dir", str(d), "--config", str(conf)]) == 0
+    doc = json.loads((d / "state.json").read_text())
+    assert doc["vault"]["device"]["kind"] == "file" and doc["pw1"]["kdf"]["n"] == 2048
+    assert main_card(["show", "--dir", str(d)]) == 1                      # no configuration: refused
+    assert "bound to device secret 'file'" in capsys.readouterr().err
+    assert main_card(["generate", "--dir", str(d), "--config", str(conf), "--slot", "sig",
+                      "--algorithm", "ed25519"]) == 0
+    assert main_card(["change-pin", "--dir", str(d), "--config", str(conf), "--old", "123456",
+                      "--new", "909090", "--kdf-log2-n", "10"]) == 0
+    assert json.loads((d / "state.json").read_text())["pw1"]["kdf"]["n"] == 1024
+    assert main_card(["show", "--dir", str(d), "--config", str(conf), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"device_secret": "file"' in out and "909090" not in out
+    assert main_card(["reset", "--dir", str(d)]) == 1
+    options = VaultOptions(device_secret="file", device_secret_path=str(secret))
+    card, tx = pgp_card(d, options)
+    assert pgp_verify(tx, 0x81, b"909090") == 0x9000 and pgp_sign(tx)[1] == 0x9000
+    assert main_card(["reset", "--dir", str(d), "--config", str(conf)]) == 0
+
+
+# -- converting an OpenPGP state without a vault ----------------------------------------------------------
+@pytest.mark.parametrize("legacy", [False, True], ids=["main-verifiers", "format-1-hashes"])
+def test_openpgp_state_without_a_vault_is_converted_on_open(tmp_path, caplog, legacy):
+    made = v1_states.openpgp_unvaulted(tmp_path / "card", legacy=legacy)
+    card, tx = pgp_card(tmp_path / "card")
+    assert "converted from format 1" in caplog.text
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    assert doc["version"] == 2 and "mac" in doc and sorted(p.name for p in (tmp_path / "card").iterdir()) == [
+        "state.json"]
+    secrets = {"0103": made["dos"]["0103"], "0104": made["dos"]["0104"]}
+    for slot, key in made["keys"].items():
+        secrets.update({f"{slot} {k}": v for k, v in key_needles(key).items()})
+    assert leaks(tmp_path / "card", secrets) == []
+    # everything else as it was
+    assert doc["signature_counter"] == 7 and doc["serial"] == 0x0BADCAFE and doc["private_dos"] == {
+        "0101": base64.b64encode(b"public one").decode(), "0102": base64.b64encode(b"public two").decode()}
+    assert tx.ok("00CA00C500") == b"".join(made["fingerprints"][k] for k in ("SIG", "DEC", "AUT"))
+    assert tx.ok("00CA00C400")[4:] == b"\x03\x03\x03"
+    # format 1 records had scrypt's output: wrapped at once.  main's verifiers: at each PW's first VERIFY,
+    # until then the data key is also sealed to the device key (and the log says so)
+    pending = ["pw1", "pw3", "rc"] if not legacy else []
+    assert [p for p in ("pw1", "pw3", "rc") if "wrap" not in doc[p]] == pending
+    assert ("interim_data_key" in doc) == (not legacy)
+    assert pgp_verify(tx, 0x81, b"wrong-pin") == 0x63C2
+    assert pgp_verify(tx, 0x81, v1_states.PW1.encode()) == 0x9000
+    made["keys"]["SIG"].public_key().verify(pgp_sign(tx, b"m")[0], hashlib.sha256(b"m").digest())
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    assert "wrap" in doc["pw1"] and doc["pw1"]["tries_left"] == 3
+    assert ("interim_data_key" in doc) == (not legacy)
+    assert pgp_verify(tx, 0x82, v1_states.PW1.encode()) == 0x9000
+    assert tx.ok("00CA010300") == made["dos"]["0103"]
+    peer = x25519.X25519PrivateKey.generate()
+    point = peer.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    shared = tx.ok(apdu(0, 0x2A, 0x80, 0x86, T(0xA6, T(0x7F49, T(0x86, point))), le=256))
+    assert shared == peer.exchange(made["keys"]["DEC"].public_key())
+    card.reset()
+    tx.ok("00A4040006D27600012401")
+    assert pgp_verify(tx, 0x83, v1_states.PW3.encode()) == 0x9000
+    assert tx.ok("00CA010400") == made["dos"]["0104"]
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    assert ("interim_data_key" in doc) == (not legacy)                 # the resetting code is still to come
+    for _ in range(3):
+        pgp_verify(tx, 0x81, b"wrong-pin")
+    tx.ok(apdu(0, 0x2C, 0, 0x81, v1_states.RC.encode() + b"24242424"))
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    assert "interim_data_key" not in doc and all("wrap" in doc[p] for p in ("pw1", "pw3", "rc"))
+    again, tx2 = pgp_card(tmp_path / "card")
+    assert pgp_verify(tx2, 0x82, b"24242424") == 0x9000
+    rsa_sig = tx2.ok(apdu(0, 0x88, 0, 0, DIGEST_INFO + hashlib.sha256(b"a").digest(), le=256))
+    made["keys"]["AUT"].public_key().verify(rsa_sig, b"a", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_openpgp_conversion_with_a_device_secret_and_offline_pin_change(tmp_path):
+    secret_file = tmp_path / "secret"
+    create_file_secret(secret_file)
+    options = VaultOptions(device_secret="file", device_secret_path=str(secret_file))
+    made = v1_states.openpgp_unvaulted(tmp_path / "card")
+    info = pgp_provision.show_card(tmp_path / "card", options)            # the offline tools convert too
+    assert info["device_secret"] == "file" and info["conversion_pending"] == ["pw1", "pw3", "rc"]
+    pgp_provision.change_pin(tmp_path / "card", v1_states.PW1, "864200", options=options)
+    pgp_provision.change_pin(tmp_path / "card", v1_states.PW3, "admin-864200", which="pw3", options=options)
+    assert pgp_provision.show_card(tmp_path / "card", options)["conversion_pending"] == ["rc"]
+    with pytest.raises(StorageError, match="bound to device secret 'file'"):
+        OpenPgpCard.open(CardStore(tmp_path / "card"))
+    card, tx = pgp_card(tmp_path / "card", options)
+    doc = json.loads((tmp_path / "card" / "state.json").read_text())
+    no_secret = pin.PinSlot.from_dict(doc["pw1"], aad=card.state.vault.aad("openpgp/pw1"))
+    with pytest.raises(pin.ApduError):
+        no_secret.verify(b"864200", lambda: None)                  # the new wrap mixes the device secret in
+    assert pgp_verify(tx, 0x83, b"admin-864200") == 0x9000
+    tx.ok(apdu(0, 0xDA, 0, 0xD3, b"new-reset-code"))               # replacing the RC completes the conversion
+    assert "interim_data_key" not in json.loads((tmp_path / "card" / "state.json").read_text())
+    assert pgp_verify(tx, 0x81, b"864200") == 0x9000
+    made["keys"]["SIG"].public_key().verify(pgp_sign(tx, b"z")[0], hashlib.sha256(b"z").digest())
+
+
+def test_openpgp_conversion_backup_only_when_asked(tmp_path):
+    v1_states.openpgp_unvaulted(tmp_path / "a")
+    OpenPgpCard.open(CardStore(tmp_path / "a"))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["state.json"]
+    v1_states.openpgp_unvaulted(tmp_path / "b")
+    original = (tmp_path / "b" / "state.json").read_bytes()
+    OpenPgpCard.open(CardStore(tmp_path / "b"), options=VaultOptions(migration_backup=True))
+    assert (tmp_path / "b" / "state.json.v1.bak").read_bytes() == original
+
+
+def test_kill_9_during_openpgp_conversion_leaves_old_or_new(tmp_path):
+    """A child process converts OpenPGP states without a vault and is SIGKILLed at random moments."""
+    def check(d: Path, made: dict) -> None:
+        card, tx = pgp_card(d)
+        assert pgp_verify(tx, 0x81, v1_states.PW1.encode()) == 0x9000
+        made["keys"]["SIG"].public_key().verify(pgp_sign(tx, b"k")[0], hashlib.sha256(b"k").digest())
+
+    outcomes = kill_9_while_opening(tmp_path, "ccidgadget.cards.openpgp:OpenPgpCard", v1_states.openpgp_unvaulted,
+                                    check, 10)
+    print("kill -9 during the OpenPGP conversion:", outcomes)

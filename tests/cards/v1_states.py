@@ -89,3 +89,55 @@ def write(directory: Path, doc: dict) -> None:
     path = directory / "state.json"
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     os.chmod(path, 0o600)
+
+
+# -- the OpenPGP card before keys at rest reached it ----------------------------------------------
+PW1, PW3, RC = "135246", "13572468ab", "rc-97531"
+#: Algorithm attributes C1-C3 (OpenPGP card 3.4 §4.4.3.10): Ed25519 EdDSA, Cv25519 ECDH, RSA-2048.
+OPENPGP_ATTRIBUTES = {"SIG": "162B06010401DA470F01", "DEC": "122B060104019755010501", "AUT": "010800002000"}
+
+
+def openpgp_pin_record(value: bytes, legacy: bool, kdf: dict = SCRYPT) -> dict:
+    """A PW record as the OpenPGP card wrote it without a data key: format 1 ("hash" = scrypt's output), or as
+    main's OpenPGP code did once PIN records had verifiers ("verifier" derived without a device secret, no
+    "wrap"; that derivation is vault.pin_keys', which the conversion does not change)."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    salt = os.urandom(16)
+    s = Scrypt(salt=salt, length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(value)
+    record = {"kdf": dict(kdf), "salt": b64(salt), "tries_left": 3, "max_tries": 3, "is_default": False,
+              "length": len(value)}
+    if legacy:
+        record["hash"] = b64(s)
+    else:
+        from ccidgadget.cards import vault
+        from ccidgadget.cards.device_secret import NO_DEVICE_SECRET
+        record["verifier"] = b64(vault.pin_keys(NO_DEVICE_SECRET, s)[0])
+    return record
+
+
+def openpgp_unvaulted(directory: Path, *, legacy: bool = False, kdf: dict = SCRYPT) -> dict:
+    """An OpenPGP card state without a vault section (keys as PKCS#8 PEM, private DOs in clear), with
+    Ed25519 / Cv25519 / RSA-2048 keys, fingerprints, a resetting code and the four private DOs.
+
+    `legacy`: version 1 with format 1 PIN records; else version 2 as main's OpenPGP code wrote it.
+    Returns {"keys": {slot: private key}, "fingerprints", "dos"} for the checks."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+    keys = {"SIG": ed25519.Ed25519PrivateKey.generate(), "DEC": x25519.X25519PrivateKey.generate(),
+            "AUT": rsa.generate_private_key(65537, 2048)}
+    fingerprints = {k: os.urandom(20) for k in keys}
+    dos = {"0101": b"public one", "0102": b"public two", "0103": b"PW1 reads this", "0104": b"PW3 reads that"}
+    doc = {"format": "ccidgadget-card", "version": 1 if legacy else 2, "type": "openpgp",
+           "created": "2025-06-01T00:00:00+00:00", "serial": 0x0BADCAFE, "manufacturer": 0xFF00,
+           "pw1": openpgp_pin_record(PW1.encode(), legacy, kdf), "pw3": openpgp_pin_record(PW3.encode(), legacy, kdf),
+           "rc": openpgp_pin_record(RC.encode(), legacy, kdf), "pw1_valid_for_several": True,
+           "kdf": b64(bytes.fromhex("810100")),
+           "attributes": {k: b64(bytes.fromhex(v)) for k, v in OPENPGP_ATTRIBUTES.items()},
+           "keys": {k: {"algorithm": {"SIG": "ED25519", "DEC": "X25519", "AUT": "RSA2048"}[k], "pem": pem(key),
+                        "status": "GENERATED" if k != "DEC" else "IMPORTED"} for k, key in keys.items()},
+           "fingerprints": {k: b64(v) for k, v in fingerprints.items()}, "ca_fingerprints": {},
+           "generation_times": {k: 1700000000 for k in keys}, "uif": {}, "certificates": {},
+           "private_dos": {t: b64(v) for t, v in dos.items()},
+           "name": b64(b"Card<<User"), "language": b64(b"en"), "salutation": b64(b""), "url": b64(b""),
+           "login": b64(b"user"), "signature_counter": 7, "terminated": False}
+    write(directory, doc)
+    return {"keys": keys, "fingerprints": fingerprints, "dos": dos}

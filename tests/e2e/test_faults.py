@@ -9,7 +9,8 @@ hundreds of times) and, where it is cheap, by pcscd + libccid + pyscard.
 - the UDC is unbound and rebound 50 times behind the daemon's back (FunctionFS UNBIND/BIND);
 - VSCard and vpcd clients are SIGKILLed mid-APDU 50 times each;
 - kill -9 of the daemon during PIN changes and key generations: the card is the old or the new one
-  (format 2: the PIN change rewraps the data key, the new key is sealed);
+  (format 2: the PIN change rewraps the data key, the new key is sealed); the same for the OpenPGP
+  card's PW1/PW3 changes, whose signature key still opens afterwards;
 - kill -9 of the daemon while it converts a format 1 state (keys in clear) to format 2: the file is
   the old or the new one, and the card works after the restart with the same keys and PIN;
 - a full and a read-only state directory during state writes: 6581 to the host, the reason in the
@@ -334,13 +335,15 @@ def pin_block(pin: str) -> bytes:
     return pin.encode().ljust(8, b"\xff")
 
 
-class Piv:
-    """The PIV card through the raw client."""
+class RawCard:
+    """An applet through the raw client: powered on and selected (`SELECT`)."""
+
+    SELECT = ""
 
     def __init__(self, dev: CcidDevice) -> None:
         self.dev = dev
         dev.power_on()
-        self.ok(SELECT_PIV)
+        self.ok(self.SELECT)
 
     def sw(self, apdu: bytes | str, timeout: float = 60) -> tuple[bytes, int]:
         return self.dev.apdu(apdu, timeout=timeout)
@@ -349,6 +352,12 @@ class Piv:
         data, sw = self.sw(apdu, timeout)
         assert sw == 0x9000, f"{apdu if isinstance(apdu, str) else apdu.hex()}: {sw:04X}"
         return data
+
+
+class Piv(RawCard):
+    """The PIV card through the raw client."""
+
+    SELECT = SELECT_PIV
 
     def verify(self, pin: str) -> int:
         return self.sw(apdu_hex("00200080", pin_block(pin), le=False))[1]
@@ -507,6 +516,102 @@ def test_kill_9_during_pin_changes_and_key_generation(daemon, tmp_path, e2e):
     elapsed = time.monotonic() - t0
     report(f"kill -9 during state changes (seed {seed}): {rounds} kills in {elapsed:.0f} s, found after restart: {outcomes}; "
            f"op times pin {statistics.mean(durations['pin']):.2f} s, keygen {statistics.mean(durations['keygen']):.2f} s; "
+           f"files left in the card directory: {leftovers}")
+    assert not [p for p in leftovers if not p.startswith(".state.json.")], leftovers
+
+
+SELECT_OPENPGP = "00A4040006D2760001240100"
+
+
+class OpenPgp(RawCard):
+    """The OpenPGP card through the raw client."""
+
+    SELECT = SELECT_OPENPGP
+    REF = {"pw1": "81", "pw3": "83"}
+
+    def verify(self, which: str, value: str) -> int:
+        return self.sw(apdu_hex("002000" + self.REF[which], value.encode(), le=False))[1]
+
+    @classmethod
+    def change_apdu(cls, which: str, old: str, new: str) -> bytes:
+        return apdu_hex("002400" + cls.REF[which], old.encode() + new.encode(), le=False)
+
+    def sign_check(self, pw1: str, public: bytes) -> None:
+        """PSO:CDS with the Ed25519 signature key (the data key opened by VERIFY PW1), checked with `public`."""
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        assert self.verify("pw1", pw1) == 0x9000
+        message = os.urandom(32)
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(self.ok(apdu_hex("002A9E9A", message)), message)
+
+
+def check_pw(card: OpenPgp, which: str, acked: str, pending: str | None) -> tuple[str, str]:
+    """After a kill: exactly one of the acknowledged and the pending value verifies; (value, which)."""
+    sw = card.verify(which, acked)
+    if sw == 0x9000:
+        if pending is not None:
+            assert card.verify(which, pending) & 0xFFF0 == 0x63C0, f"both the old and the new {which} verify"
+            assert card.verify(which, acked) == 0x9000
+        return acked, f"old {which}"
+    assert sw & 0xFFF0 == 0x63C0, f"VERIFY {which} {sw:04X}"
+    assert pending is not None, f"the acknowledged {which} no longer verifies and no change was in flight"
+    assert card.verify(which, pending) == 0x9000, f"neither the old nor the new {which} verifies"
+    return pending, f"new {which}"
+
+
+def test_kill_9_during_openpgp_pin_changes(daemon, tmp_path, e2e):
+    """CHANGE REFERENCE DATA of PW1 and PW3 rewraps the card's data key (keys at rest); SIGKILL at a random
+    moment of one leaves the old or the new PW, never both or neither, and the data key either opens still
+    decrypts the signature key."""
+    state_dir = tmp_path / "state"
+    card_dir = state_dir / "cards" / "slot0-openpgp"
+    args = ("--card", "emulated", "--type", "openpgp", "--state-dir", str(state_dir))
+    seed = fault_seed()
+    rng = random.Random(seed)
+    rounds = 6
+    pws = {"pw1": "123456", "pw3": "12345678"}
+    pending: dict[str, str | None] = {"pw1": None, "pw3": None}
+    outcomes, durations = [], []
+    t0 = time.monotonic()
+    d = daemon(*args)
+    public = None
+    for rnd in range(rounds + 1):
+        d.wait_bound(120)
+        with CcidDevice() as dev:
+            card = OpenPgp(dev)
+            if public is None:                   # an Ed25519 signature key, generated on the card (PW3)
+                assert card.verify("pw3", pws["pw3"]) == 0x9000
+                card.ok(apdu_hex("00DA00C1", bytes.fromhex("162B06010401DA470F01"), le=False))
+                template = card.ok("0047800002B60000")
+                assert template[:5] == bytes.fromhex("7F49228620"), template.hex()
+                public = template[5:37]
+            else:
+                which = "pw1" if rnd % 2 else "pw3"
+                pws[which], found = check_pw(card, which, pws[which], pending[which])
+                outcomes.append(found)
+            card.sign_check(pws["pw1"], public)
+            if rnd == rounds:
+                break
+            which = "pw1" if rnd % 2 == 0 else "pw3"
+            pending = {"pw1": None, "pw3": None}
+            for _ in range(rng.randint(1, 3)):   # acknowledged changes; they time the one the kill interrupts
+                new = f"{rng.randrange(10 ** 7, 10 ** 9)}"
+                start = time.monotonic()
+                card.ok(OpenPgp.change_apdu(which, pws[which], new))
+                durations.append(time.monotonic() - start)
+                pws[which] = new
+            pending[which] = f"{rng.randrange(10 ** 7, 10 ** 9)}"
+            dev.send(PC_TO_RDR_XFR_BLOCK, 0, OpenPgp.change_apdu(which, pws[which], pending[which]))
+            time.sleep(rng.uniform(0, 1.2 * statistics.mean(durations[-3:])))
+            os.kill(d.pid, signal.SIGKILL)
+            d.proc.wait()
+        state = json.loads((card_dir / "state.json").read_text())
+        assert state["type"] == "openpgp" and state["version"] == 2 and "mac" in state and "vault" in state
+        assert all("wrap" in state[p] for p in ("pw1", "pw3")) and "pem" not in json.dumps(state["keys"])
+        wait_gone(30)
+        d = daemon(*args)
+    leftovers = sorted(p.name for p in card_dir.iterdir() if p.name != "state.json")
+    report(f"kill -9 during OpenPGP PW changes (seed {seed}): {rounds} kills in {time.monotonic() - t0:.0f} s, "
+           f"found after restart: {outcomes}; CHANGE REFERENCE DATA {statistics.mean(durations):.2f} s; "
            f"files left in the card directory: {leftovers}")
     assert not [p for p in leftovers if not p.startswith(".state.json.")], leftovers
 

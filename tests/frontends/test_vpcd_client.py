@@ -194,3 +194,39 @@ def test_command_line_builds_a_persistent_piv_card(monkeypatch, tmp_path):
     assert main_vpcd_card(["--type", "piv", "--state-dir", str(tmp_path), "--once"]) == 0
     assert type(seen["card"]).__name__ == "PivCard"
     assert (tmp_path / "cards" / "slot0-piv").is_dir()
+
+
+def test_config_gives_the_vault_options(monkeypatch, tmp_path):
+    """A card bound to a device secret opens with `--config` naming that secret, and only with it."""
+    from ccidgadget.cards import pin
+    from ccidgadget.cards.device_secret import create_file_secret
+    monkeypatch.setattr(pin, "SCRYPT_N", 2 ** 4)
+    seen = {}
+
+    async def fake_serve(card, host, port, *, reconnect):
+        seen["card"] = card
+
+    monkeypatch.setattr(vpcd_client, "serve_card_to_vpcd", fake_serve)
+    secret = tmp_path / "device.key"
+    create_file_secret(secret)
+    conf = tmp_path / "ccidgadget.toml"
+    conf.write_text(f'[vault]\ndevice_secret = "file"\ndevice_secret_path = "{secret}"\nkdf_log2_n = 10\n')
+    state = ["--state-dir", str(tmp_path / "state"), "--once"]
+    for card_type in ("openpgp", "piv"):
+        assert main_vpcd_card(["--type", card_type, "--config", str(conf), *state]) == 0
+        card = seen.pop("card")
+        assert card.state.vault.device.kind == "file"
+        doc = card.store.load()
+        assert doc["vault"]["device"]["kind"] == "file"
+        assert doc["pw1" if card_type == "openpgp" else "pin"]["kdf"]["n"] == 1024
+        assert main_vpcd_card(["--type", card_type, "--config", str(conf), *state]) == 0    # opens again
+        assert seen.pop("card").state.vault.uid == card.state.vault.uid
+        # without the configuration (and none at the default path) the card is refused, precisely
+        monkeypatch.setattr("ccidgadget.options.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+        with pytest.raises(SystemExit, match="bound to device secret 'file'"):
+            main_vpcd_card(["--type", card_type, *state])
+        monkeypatch.undo()
+        monkeypatch.setattr(pin, "SCRYPT_N", 2 ** 4)
+        monkeypatch.setattr(vpcd_client, "serve_card_to_vpcd", fake_serve)
+    with pytest.raises(SystemExit, match="configuration: .*absent.toml.* does not exist"):
+        main_vpcd_card(["--type", "openpgp", "--config", str(tmp_path / "absent.toml"), *state])

@@ -12,7 +12,7 @@ from .state import OpenPgpState
 
 def build_card(spec, context) -> OpenPgpCard:
     """`--card emulated --type openpgp` (options.CARD_TYPES): the card in its state directory, made on first use."""
-    return OpenPgpCard.from_directory(context.card_dir(spec), inserted=spec.inserted)
+    return OpenPgpCard.from_directory(context.card_dir(spec), inserted=spec.inserted, options=context.vault_options())
 
 
 __all__ = ["OpenPgpCard", "OpenPgpApplet", "OpenPgpState", "INS", "KEY", "TAG"]

@@ -9,6 +9,14 @@ unless C4 says "valid for several"), PW1 verified for the other commands (mode 8
 A failed VERIFY clears the status of that PW; a card reset clears all of them, and the MSE key
 assignments and the certificate selected with SELECT DATA.
 
+Keys at rest (cards/vault.py, docs/card-state-format.md): a successful VERIFY of any PW opens the
+card's data key, which stays in memory (`OpenPgpCard.session`) exactly as long as some PW status
+does: until the one signature PW1 81 allows, VERIFY P1=FF, a failed VERIFY, or the reset /
+power-off / removal that clears PW1 82 and PW3.  The private keys are opened with it when used and
+dropped with it.  CHANGE REFERENCE DATA and RESET RETRY COUNTER rewrap the data key only (the
+resetting code opens it for that one command); GENERATE and key import (PW3) seal the new key to
+the card key; TERMINATE DF / ACTIVATE FILE make a new vault.
+
 Every state change is saved through the card's `CardStore` before the answer leaves; if saving
 fails the command answers 6581 and the card keeps its old state (`_commit`).  PIN retry counters
 are made durable before a PIN is compared (`PinSlot.verify`).
@@ -22,12 +30,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, x25519
 
-from ..applet import AppletCard, StatefulApplet
+from ..applet import AppletCard, StatefulApplet, VaultCardMixin
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr, verify_failed
 from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, CardKey, rsa_key_from_primes
-from ..pin import PinSlot
 from ..presence import NO_PRESENCE, UserPresence
-from ..storage import CardStore
+from ..storage import CardStore, StorageError
+from ..vault import DEFAULT_OPTIONS, VaultOptions, save_migrated, warn_if_unbound
 from ..tlv import parse_dict, parse_header_list, parse_tlv, tlv, unwrap
 from .attributes import KeyAttributes, algorithm_information
 from .constants import (ALGORITHM_ID, CERTIFICATE_OCCURRENCES, DEFAULT_PW1, DEFAULT_PW3, FEATURE_BUTTON, INS, KEY,
@@ -36,7 +44,7 @@ from .constants import (ALGORITHM_ID, CERTIFICATE_OCCURRENCES, DEFAULT_PW1, DEFA
                         MAX_RESPONSE_LENGTH, MAX_SPECIAL_DO_LENGTH, PRIVATE_KEY_TAG, PSO, PUBLIC_KEY_TAG,
                         PW, PW1_MIN_LENGTH, PW3_MIN_LENGTH, PW_MAX_LENGTH, RC_MIN_LENGTH, RSA_IMPORT_FORMAT,
                         SIGNATURE_COUNTER_MAX, TAG, UIF)
-from .state import KDF_NONE, PRIVATE_DOS, KeyEntry, OpenPgpState
+from .state import KDF_NONE, KeyEntry, OpenPgpState
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ class OpenPgpApplet(StatefulApplet):
         self.pw1_sign = False
         self.pw1_other = False
         self.pw3 = False
+        self.card.lock()
         # MANAGE SECURITY ENVIRONMENT (§7.2.18): which key PSO:DECIPHER and INTERNAL AUTHENTICATE use.
         self.decipher_key = KEY.DEC
         self.authenticate_key = KEY.AUT
@@ -107,6 +116,50 @@ class OpenPgpApplet(StatefulApplet):
 
     def deselect(self) -> None:
         self.clear_security_status()
+
+    # -- keys at rest -------------------------------------------------------------
+    def _status_changed(self) -> None:
+        """The data key stays only while some PW is verified (§4.3)."""
+        if not (self.pw1_sign or self.pw1_other or self.pw3):
+            self.card.lock()
+
+    def commit(self, new_state) -> None:
+        new_state.finish_conversion()
+        super().commit(new_state)
+
+    def committed(self) -> None:
+        if self.card.session is None:
+            self.card.lock()        # a key generated or imported while locked leaves memory once sealed
+
+    def _reference(self, which: str, value: bytes, what: str) -> bytes:
+        """Check the PW `which` ("pw1", "pw3", "rc") with its retry counter; the data key it opens.
+
+        A converted card's record that wraps no data key yet gets its wrap now (docs/card-state-format.md
+        "Migration"), so the first VERIFY of that PW after the conversion costs a second scrypt."""
+        slot = getattr(self.state, which)
+        dek = self.check_reference(slot, value, what)
+        if dek is None:
+            try:
+                new_state, dek = self.state.adopt_reference(which, value)
+            except StorageError as e:
+                log.error("OpenPGP card %08X: %s; %s refused", self.state.serial, e, what)
+                raise ApduError(SW.MEMORY_FAILURE) from None
+            self.commit(new_state)
+            log.info("OpenPGP card %08X: %s now wraps the data key%s", self.state.serial, what,
+                     "" if self.state.interim_data_key is None else
+                     f" (still without: {', '.join(self.state.unwrapped_references())})")
+        return dek
+
+    _unlock = StatefulApplet.unlock_card
+    _open = StatefulApplet.open_sealed
+
+    def _data_key(self) -> bytes:
+        """The data key of the unlocked card (PW3 verified implies it); 6982 while locked."""
+        return self._open(self.card.data_key)
+
+    def _private_key(self, key: KEY):
+        self._entry(key)
+        return self._open(lambda: self.state.private_key(key, self.card.session))
 
     # -- SELECT ---------------------------------------------------------------
     def select(self, cmd: CommandAPDU):
@@ -162,6 +215,7 @@ class OpenPgpApplet(StatefulApplet):
             if cmd.data:
                 raise ApduError(SW.WRONG_LENGTH)
             self._set_status(which, False)
+            self._status_changed()
             return b""
         if cmd.p1 != 0x00:
             raise ApduError(SW.INCORRECT_P1P2)
@@ -174,8 +228,13 @@ class OpenPgpApplet(StatefulApplet):
                 return b""
             raise verify_failed(slot.tries_left)
         self._set_status(which, False)
-        # Any length counts as a try: GnuPG's factory-reset blocks the PINs with 32-byte values.
-        self.check_reference(slot, cmd.data, which.name)
+        try:
+            # Any length counts as a try: GnuPG's factory-reset blocks the PINs with 32-byte values.
+            dek = self._reference("pw3" if which == PW.PW3 else "pw1", cmd.data, which.name)
+        except ApduError:
+            self._status_changed()           # a failed VERIFY: the data key goes if no PW remains verified
+            raise
+        self._unlock(dek)
         self._set_status(which, True)
         return b""
 
@@ -204,17 +263,19 @@ class OpenPgpApplet(StatefulApplet):
         self._check_new_pw(new, PW3_MIN_LENGTH if which == PW.PW3 else PW1_MIN_LENGTH)
         if slot.blocked:
             raise ApduError(SW.AUTH_METHOD_BLOCKED)
+        name = "pw3" if which == PW.PW3 else "pw1"
         try:
-            self.check_reference(slot, old, which.name)
+            dek = self._reference(name, old, which.name)
         except ApduError:
             if which == PW.PW3:
                 self.pw3 = False
             else:
                 self.pw1_sign = self.pw1_other = False
+            self._status_changed()
             raise
+        # A PW change rewraps the data key only: nothing else is encrypted again.
         new_state = self.state.clone()
-        target = new_state.pw3 if which == PW.PW3 else new_state.pw1
-        target.set(new, is_default=self._is_default(new, which))
+        new_state.set_reference(name, new, dek, is_default=self._is_default(new, which))
         self.commit(new_state)
         return b""
 
@@ -229,15 +290,17 @@ class OpenPgpApplet(StatefulApplet):
             n = rc.length or 0
             code, new = cmd.data[:n], cmd.data[n:]
             self._check_new_pw(new, PW1_MIN_LENGTH)
-            self.check_reference(rc, code, "resetting code")
+            # The resetting code opens the data key for this command only (it verifies no PW).
+            dek = self._reference("rc", code, "resetting code")
         elif cmd.p1 == 0x02:
             self._require_pw3()
             new = cmd.data
             self._check_new_pw(new, PW1_MIN_LENGTH)
+            dek = self._data_key()
         else:
             raise ApduError(SW.INCORRECT_P1P2)
         new_state = self.state.clone()
-        new_state.pw1.set(new, is_default=self._is_default(new, PW.PW1_SIGN))
+        new_state.set_reference("pw1", new, dek, is_default=self._is_default(new, PW.PW1_SIGN))
         self.commit(new_state)
         return b""
 
@@ -303,10 +366,10 @@ class OpenPgpApplet(StatefulApplet):
             return simple[tag]()
         if tag == TAG.PRIVATE_USE_3:
             self._require_pw1_other()
-            return s.private_dos.get(tag, b"")
+            return self._open(lambda: s.private_do(tag, self.card.session))
         if tag == TAG.PRIVATE_USE_4:
             self._require_pw3()
-            return s.private_dos.get(tag, b"")
+            return self._open(lambda: s.private_do(tag, self.card.session))
         raise ApduError(SW.REFERENCE_NOT_FOUND)
 
     def _application_related_data(self) -> bytes:
@@ -367,6 +430,7 @@ class OpenPgpApplet(StatefulApplet):
         if writer(self, new_state, tag, value) is False:
             return b""                       # nothing changed, nothing to save
         self.commit(new_state)
+        self._status_changed()               # the KDF-DO clears every PW status
         return b""
 
     @staticmethod
@@ -384,9 +448,7 @@ class OpenPgpApplet(StatefulApplet):
 
     def _write_private_do(self, s: OpenPgpState, tag: int, value: bytes):
         self._limit(value, MAX_SPECIAL_DO_LENGTH)
-        if value:
-            s.private_dos[tag] = bytes(value)
-        elif s.private_dos.pop(tag, None) is None:
+        if not s.put_private_do(tag, value):          # 0103/0104 are sealed to the card key
             return False
 
     def _write_attributes(self, s: OpenPgpState, tag: int, value: bytes):
@@ -409,12 +471,15 @@ class OpenPgpApplet(StatefulApplet):
     def _write_fingerprint(self, s: OpenPgpState, tag: int, value: bytes):
         if len(value) not in (0, 20):
             raise ApduError(SW.WRONG_LENGTH)
-        table, index = ((s.fingerprints, KEY(tag - 0xC6)) if tag <= TAG.FINGERPRINT_AUT
-                        else (s.ca_fingerprints, tag - 0xC9))
-        if value and any(value):
-            table[index] = bytes(value)
+        if tag <= TAG.FINGERPRINT_AUT:
+            # The fingerprint is part of the key's sealed identity: the key is sealed again (PW3 has
+            # opened the data key).
+            key = KEY(tag - 0xC6)
+            self._open(lambda: s.set_fingerprint(key, value if any(value) else None, self.card.session))
+        elif value and any(value):
+            s.ca_fingerprints[tag - 0xC9] = bytes(value)
         else:
-            table.pop(index, None)
+            s.ca_fingerprints.pop(tag - 0xC9, None)
 
     def _write_generation_time(self, s: OpenPgpState, tag: int, value: bytes):
         if len(value) not in (0, 4):
@@ -431,7 +496,7 @@ class OpenPgpApplet(StatefulApplet):
             s.rc = None                      # §4.3.4: deleted, its counter reads 0
             return
         self._check_new_pw(value, RC_MIN_LENGTH)
-        s.rc = PinSlot.new(value, max_tries=s.pw1.max_tries)
+        s.set_reference("rc", value, self._data_key(), max_tries=s.pw1.max_tries)
 
     def _write_uif(self, s: OpenPgpState, tag: int, value: bytes):
         key = KEY(tag - 0xD5)
@@ -467,8 +532,9 @@ class OpenPgpApplet(StatefulApplet):
         else:
             tags = parse_dict(value)
             pw1, pw3 = tags[KDF_TAG.INITIAL_HASH_PW1], tags[KDF_TAG.INITIAL_HASH_PW3]
-        s.pw1.set(pw1, is_default=True)
-        s.pw3.set(pw3, is_default=True)
+        dek = self._data_key()
+        s.set_reference("pw1", pw1, dek, is_default=True)
+        s.set_reference("pw3", pw3, dek, is_default=True)
         s.rc = None
         self.pw1_sign = self.pw1_other = self.pw3 = False
         log.info("OpenPGP card %08X: KDF %s; PW1 and PW3 are their initial values again", s.serial,
@@ -563,8 +629,7 @@ class OpenPgpApplet(StatefulApplet):
     def _compute_digital_signature(self, data: bytes) -> bytes:
         if not self.pw1_sign:
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
-        entry = self._entry(KEY.SIG)
-        sign = _signer(entry.key, data)
+        sign = _signer(self._private_key(KEY.SIG), data)
         self._confirm(KEY.SIG, "sign")
         signature = sign()
         new_state = self.state.clone()
@@ -572,6 +637,7 @@ class OpenPgpApplet(StatefulApplet):
         self.commit(new_state)               # the counter is honest, or no signature leaves
         if not self.state.pw1_valid_for_several:
             self.pw1_sign = False
+            self._status_changed()
         return signature
 
     def internal_authenticate(self, cmd: CommandAPDU) -> bytes:
@@ -579,14 +645,14 @@ class OpenPgpApplet(StatefulApplet):
             raise ApduError(SW.INCORRECT_P1P2)
         self._require_pw1_other()
         key = self.authenticate_key
-        sign = _signer(self._entry(key).key, cmd.data)
+        sign = _signer(self._private_key(key), cmd.data)
         self._confirm(key, "authenticate")
         return sign()
 
     def _decipher(self, data: bytes) -> bytes:
         self._require_pw1_other()
         key = self.decipher_key
-        card_key = self._entry(key).key
+        card_key = self._private_key(key)
         if card_key.algorithm.is_rsa:
             size = card_key.key_size // 8
             # Padding indicator 00, then the cryptogram; 02 would be AES, which is not offered.
@@ -836,47 +902,62 @@ def _ecdh_point(data: bytes) -> bytes:
     return point
 
 
-class OpenPgpCard(AppletCard):
+class OpenPgpCard(VaultCardMixin, AppletCard):
     """An emulated OpenPGP card whose state lives in a `CardStore` directory."""
 
     # Reads of in-memory state; PIN checks (scrypt), crypto and writes go to the worker thread.
     QUICK_INS = frozenset({INS.SELECT, INS.GET_DATA, INS.GET_NEXT_DATA, INS.SELECT_DATA, INS.GET_RESPONSE})
 
     def __init__(self, store: CardStore, state: OpenPgpState, *, inserted: bool = True,
-                 presence: UserPresence = NO_PRESENCE) -> None:
+                 presence: UserPresence = NO_PRESENCE, options: VaultOptions = DEFAULT_OPTIONS) -> None:
         self.store = store
         self.state = state
+        self.options = options
+        #: The unlocked data key while some PW is verified (vault.VaultSession), else None.
+        self.session = None
         self.applet = OpenPgpApplet(self)
         super().__init__([self.applet], inserted=inserted)
         self.presence = presence
+        warn_if_unbound(state.vault.device, f"OpenPGP card {state.serial:08X}")
+        if state.interim_data_key is not None:
+            log.warning("OpenPGP card %08X: converted from a state without keys at rest; until %s have each "
+                        "been verified once, its data key is also sealed to the device key only",
+                        state.serial, ", ".join(n.upper() for n in state.unwrapped_references()))
         if state.pw3.is_default:
             log.warning("OpenPGP card %08X still has the default admin PIN (PW3); change it "
                         "(gpg --card-edit, admin, passwd)", state.serial)
 
+    # -- construction -------------------------------------------------------
     @classmethod
     def create(cls, store: CardStore, *, pw1: str | bytes = DEFAULT_PW1, pw3: str | bytes = DEFAULT_PW3,
-               serial: int | None = None, inserted: bool = True,
-               presence: UserPresence = NO_PRESENCE) -> "OpenPgpCard":
+               serial: int | None = None, inserted: bool = True, presence: UserPresence = NO_PRESENCE,
+               options: VaultOptions = DEFAULT_OPTIONS) -> "OpenPgpCard":
         """Create a new card in `store` (refuses to overwrite one); ValueError on bad arguments."""
         if store.exists():
             raise FileExistsError(f"a card already exists in {store.directory}")
-        state = OpenPgpState.new(pw1=pw1, pw3=pw3, serial=serial)
+        state = OpenPgpState.new(pw1=pw1, pw3=pw3, serial=serial, device=store.device, kdf_cost=options.kdf)
         store.save(state.to_dict())
-        log.info("created OpenPGP card %08X in %s", state.serial, store.directory)
-        return cls(store, state, inserted=inserted, presence=presence)
+        log.info("created OpenPGP card %08X in %s (%s)", state.serial, store.directory, store.device.describe())
+        return cls(store, state, inserted=inserted, presence=presence, options=options)
 
     @classmethod
-    def open(cls, store: CardStore, *, inserted: bool = True, presence: UserPresence = NO_PRESENCE) -> "OpenPgpCard":
-        return cls(store, OpenPgpState.from_dict(store.load()), inserted=inserted, presence=presence)
+    def open(cls, store: CardStore, *, inserted: bool = True, presence: UserPresence = NO_PRESENCE,
+             options: VaultOptions = DEFAULT_OPTIONS) -> "OpenPgpCard":
+        """Open the card in `store`; a state without keys at rest is converted first (one atomic save)."""
+        state = OpenPgpState.from_dict(store.load(), device=store.device, kdf_cost=options.kdf)
+        if state.migrated:
+            save_migrated(store, state.to_dict(), options, f"OpenPGP card {state.serial:08X}")
+            state.migrated = False
+        return cls(store, state, inserted=inserted, presence=presence, options=options)
 
     @classmethod
-    def from_directory(cls, path: Path, *, inserted: bool = True,
-                       presence: UserPresence = NO_PRESENCE) -> "OpenPgpCard":
+    def from_directory(cls, path: Path, *, inserted: bool = True, presence: UserPresence = NO_PRESENCE,
+                       options: VaultOptions = DEFAULT_OPTIONS) -> "OpenPgpCard":
         """The daemon's constructor: open the card in `path`, creating a default one if absent."""
-        store = CardStore(Path(path))
+        store = CardStore(Path(path), options.device())
         if not store.exists():
-            return cls.create(store, inserted=inserted, presence=presence)
-        return cls.open(store, inserted=inserted, presence=presence)
+            return cls.create(store, inserted=inserted, presence=presence, options=options)
+        return cls.open(store, inserted=inserted, presence=presence, options=options)
 
     def atr(self) -> bytes:
         return make_atr(historical_bytes(LIFE_CYCLE.TERMINATED if self.state.terminated

@@ -9,6 +9,10 @@ logged or returned.
 A key put on the card here gets a creation time and the OpenPGP v4 fingerprint GnuPG would
 compute for it (fingerprint.py), so `gpg --card-status` lists it; docs/openpgp.md says how to
 make an OpenPGP certificate around such keys.
+
+Keys at rest: `options` (the [vault] configuration) names the device secret the card is bound to
+and the scrypt cost of new PW wraps.  Keys generated or imported here are sealed to the card key
+without any PIN, as GENERATE does on the card; `change_pin` rewraps the data key.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from pathlib import Path
 
 from ..iso7816 import ApduError
 from ..keys import ALGORITHM, CardKey, KeyLoadError, load_key_and_cert
+from ..device_secret import DeviceSecretError
 from ..storage import CardStore, StorageError
 from ..tlv import parse_dict
+from ..vault import DEFAULT_OPTIONS, VaultOptions
 from .applet import OpenPgpCard, kdf_hash_length
 from .attributes import KeyAttributes
 from .constants import (CURVE_BY_NAME, DEFAULT_PW1, DEFAULT_PW3, KDF_HASH, KDF_TAG, KEY, KEY_STATUS,
@@ -59,17 +65,19 @@ def parse_algorithm(text: str) -> ALGORITHM:
     return curve.algorithm
 
 
-def _open(directory: Path) -> OpenPgpCard:
-    store = CardStore(Path(directory))
-    if not store.exists():
-        raise OpenPgpProvisionError(f"no card in {directory} (create one with `ccidgadget card create --type openpgp`)")
+def _open(directory: Path, options: VaultOptions = DEFAULT_OPTIONS) -> OpenPgpCard:
+    """The card in `directory`, opened (and converted if need be) with the [vault] options."""
     try:
-        return OpenPgpCard.open(store, inserted=False)
-    except StorageError as e:
+        store = CardStore(Path(directory), options.device())
+        if store.exists():
+            return OpenPgpCard.open(store, inserted=False, options=options)
+    except (StorageError, DeviceSecretError) as e:
         raise OpenPgpProvisionError(str(e)) from None
+    raise OpenPgpProvisionError(f"no card in {directory} (create one with `ccidgadget card create --type openpgp`)")
 
 
 def _save(card: OpenPgpCard, state: OpenPgpState) -> None:
+    state.finish_conversion()
     try:
         card.store.save(state.to_dict())
     except StorageError as e:
@@ -78,12 +86,13 @@ def _save(card: OpenPgpCard, state: OpenPgpState) -> None:
 
 
 def create_card(directory: Path, *, pw1: str = DEFAULT_PW1, pw3: str = DEFAULT_PW3,
-                serial: int | None = None) -> OpenPgpCard:
+                serial: int | None = None, options: VaultOptions = DEFAULT_OPTIONS) -> OpenPgpCard:
     _check_pin(pw1, PW1_MIN_LENGTH, "PIN (PW1)")
     _check_pin(pw3, PW3_MIN_LENGTH, "admin PIN (PW3)")
     try:
-        return OpenPgpCard.create(CardStore(Path(directory)), pw1=pw1, pw3=pw3, serial=serial, inserted=False)
-    except (FileExistsError, ValueError, StorageError) as e:
+        return OpenPgpCard.create(CardStore(Path(directory), options.device()), pw1=pw1, pw3=pw3, serial=serial,
+                                  inserted=False, options=options)
+    except (FileExistsError, ValueError, StorageError, DeviceSecretError) as e:
         raise OpenPgpProvisionError(str(e)) from None
 
 
@@ -109,16 +118,17 @@ def _install(card: OpenPgpCard, key: KEY, card_key: CardKey, status: KEY_STATUS,
             "fingerprint": new.fingerprints[key].hex().upper()}
 
 
-def generate_key(directory: Path, key: KEY, algorithm: ALGORITHM, *, created: int | None = None) -> dict:
-    """Generate a key in slot `key` with the attributes `algorithm` implies."""
-    card = _open(directory)
+def generate_key(directory: Path, key: KEY, algorithm: ALGORITHM, *, created: int | None = None,
+                 options: VaultOptions = DEFAULT_OPTIONS) -> dict:
+    """Generate a key in slot `key` with the attributes `algorithm` implies (sealed without a PIN)."""
+    card = _open(directory, options)
     return _install(card, key, CardKey.generate(algorithm), KEY_STATUS.GENERATED, created)
 
 
 def import_key(directory: Path, key: KEY, path: Path, *, password: str | None = None,
-               created: int | None = None) -> dict:
+               created: int | None = None, options: VaultOptions = DEFAULT_OPTIONS) -> dict:
     """Put a private key from PEM, DER or PKCS#12 into slot `key` (a certificate in the file is ignored)."""
-    card = _open(directory)
+    card = _open(directory, options)
     try:
         bundle = load_key_and_cert(path, password)
     except KeyLoadError as e:
@@ -126,9 +136,9 @@ def import_key(directory: Path, key: KEY, path: Path, *, password: str | None = 
     return _install(card, key, bundle.key, KEY_STATUS.IMPORTED, created)
 
 
-def show_card(directory: Path) -> dict:
+def show_card(directory: Path, options: VaultOptions = DEFAULT_OPTIONS) -> dict:
     """What is on the card (no PINs, no private keys)."""
-    card = _open(directory)
+    card = _open(directory, options)
     s = card.state
     keys = {}
     for key in KEY:
@@ -150,6 +160,9 @@ def show_card(directory: Path) -> dict:
         "signature_counter": s.signature_counter,
         "pw1_valid_for_several_signatures": s.pw1_valid_for_several,
         "terminated": s.terminated,
+        "device_secret": s.vault.device.kind,
+        # a converted card: the PWs whose records do not wrap the data key until their first VERIFY
+        "conversion_pending": s.unwrapped_references(),
         "keys": keys,
     }
 
@@ -178,33 +191,37 @@ def _reference_value(state: OpenPgpState, pin: str, which: str) -> bytes:
                                "sha256" if hash_alg == KDF_HASH.SHA256 else "sha512")
 
 
-def change_pin(directory: Path, old: str, new: str, *, which: str = "pw1") -> None:
-    """Offline CHANGE REFERENCE DATA: the old value is checked with the retry counter, as on the card."""
+def change_pin(directory: Path, old: str, new: str, *, which: str = "pw1",
+               options: VaultOptions = DEFAULT_OPTIONS) -> None:
+    """Offline CHANGE REFERENCE DATA: the old value is checked with the retry counter, as on the card,
+    and opens the data key, which the new value then wraps (nothing else is encrypted again)."""
     if which not in ("pw1", "pw3"):
         raise OpenPgpProvisionError("which must be pw1 or pw3")
     _check_pin(new, PW3_MIN_LENGTH if which == "pw3" else PW1_MIN_LENGTH, "new " + which.upper())
-    card = _open(directory)
+    card = _open(directory, options)
     slot = card.state.pw3 if which == "pw3" else card.state.pw1
+    old_value = _reference_value(card.state, old, which)
     try:
-        slot.verify(_reference_value(card.state, old, which), lambda: card.store.save(card.state.to_dict()))
+        dek = slot.verify(old_value, lambda: card.store.save(card.state.to_dict()), which.upper())
+        state = card.state.clone()
+        if dek is None:                     # a converted card's record without its wrap yet
+            state, dek = card.state.adopt_reference(which, old_value)
     except ApduError as e:
         if e.sw == 0x6983:
             raise OpenPgpProvisionError(f"{which.upper()} is blocked") from None
         raise OpenPgpProvisionError(f"wrong {which.upper()}, {e.sw & 0x0F} tries left") from None
     except StorageError as e:
         raise OpenPgpProvisionError(str(e)) from None
-    state = card.state.clone()
-    target = state.pw3 if which == "pw3" else state.pw1
-    target.set(_reference_value(state, new, which),
-               is_default=new == (DEFAULT_PW3 if which == "pw3" else DEFAULT_PW1))
+    state.set_reference(which, _reference_value(state, new, which), dek,
+                        is_default=new == (DEFAULT_PW3 if which == "pw3" else DEFAULT_PW1))
     _save(card, state)
 
 
-def reset_card(directory: Path) -> dict:
-    """Factory reset (what TERMINATE DF + ACTIVATE FILE do): keys, PINs and data objects erased."""
-    card = _open(directory)
+def reset_card(directory: Path, options: VaultOptions = DEFAULT_OPTIONS) -> dict:
+    """Factory reset (what TERMINATE DF + ACTIVATE FILE do): keys, PINs and data objects erased, a new vault."""
+    card = _open(directory, options)
     _save(card, card.state.factory_reset())
-    return show_card(directory)
+    return show_card(directory, options)
 
 
 __all__ = ["OpenPgpProvisionError", "create_card", "generate_key", "import_key", "show_card", "change_pin",

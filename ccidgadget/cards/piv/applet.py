@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ...cryptocompat import TripleDES
-from ..applet import AppletCard, StatefulApplet
+from ..applet import AppletCard, StatefulApplet, VaultCardMixin
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
 from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey, rsa_key_from_primes
 from ..pin import PIV_PIN_MAX, piv_check_padded, piv_pad
@@ -201,12 +201,7 @@ class PivApplet(StatefulApplet):
             raise ApduError(SW.WRONG_DATA)
         return data
 
-    def _unlock(self, dek: bytes) -> None:
-        try:
-            self.card.unlock(dek)
-        except StorageError as e:           # the card sealing key does not open: tampered state
-            log.error("PIV card %d: %s; PIN not accepted", self.state.serial, e)
-            raise ApduError(SW.MEMORY_FAILURE) from None
+    _unlock = StatefulApplet.unlock_card
 
     # -- CHANGE REFERENCE DATA (§3.2.2) / RESET RETRY COUNTER (§3.2.3) -------
     def _two_blocks(self, cmd: CommandAPDU) -> tuple[bytes, bytes]:
@@ -397,15 +392,7 @@ class PivApplet(StatefulApplet):
             raise ApduError(SW.WRONG_DATA) from None
         return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_RESPONSE, result))
 
-    def _open(self, fn):
-        """Open something sealed: 6982 while locked, 6581 (and the reason in the log) if it fails its check."""
-        try:
-            return fn()
-        except PermissionError:
-            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED) from None
-        except StorageError as e:
-            log.error("PIV card %d: %s", self.state.serial, e)
-            raise ApduError(SW.MEMORY_FAILURE) from None
+    _open = StatefulApplet.open_sealed
 
     @staticmethod
     def _operation_kind(key, challenge: bool, data: bytes) -> str:
@@ -661,7 +648,7 @@ class PivApplet(StatefulApplet):
     }
 
 
-class PivCard(AppletCard):
+class PivCard(VaultCardMixin, AppletCard):
     """An emulated PIV card whose state lives in a `CardStore` directory."""
 
     # Reads of in-memory state; VERIFY (scrypt), crypto and writes go to the worker thread.
@@ -678,26 +665,6 @@ class PivCard(AppletCard):
         self.applet = PivApplet(self)
         super().__init__([self.applet], inserted=inserted)
         self._warn_defaults()
-
-    # -- keys at rest ---------------------------------------------------------
-    def unlock(self, dek: bytes | None) -> None:
-        self.lock()
-        if dek is not None:
-            self.session = self.state.vault.open_session(dek)
-
-    def lock(self) -> None:
-        session, self.session = getattr(self, "session", None), None
-        if session is not None:
-            session.close()
-        state = getattr(self, "state", None)
-        if state is not None:
-            for entry in state.keys.values():
-                entry.forget()
-
-    def data_key(self) -> bytes:
-        if self.session is None:
-            raise PermissionError("the card is locked")
-        return self.session.data_key()
 
     # -- construction -------------------------------------------------------
     @classmethod

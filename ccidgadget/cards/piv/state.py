@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from cryptography.hazmat.primitives import serialization
 
 from ..device_secret import NO_DEVICE_SECRET, DeviceSecret
-from ..keys import ALGORITHM, CardKey, KeyLoadError, LockedCardKey
+from ..keys import ALGORITHM, CardKey, KeyLoadError, SealedKey
 from ..pin import PinSlot, piv_pad
 from ..storage import StorageError, b64d, b64e
 from ..vault import CardVault, KdfParams, VaultSession
@@ -43,7 +43,7 @@ SERIAL_RANGE = (10_000_000, 99_999_999)
 PIN_LABEL, PUK_LABEL = "piv/pin", "piv/puk"
 
 
-class SlotKey:
+class SlotKey(SealedKey):
     """A private key in a slot with the policies it was generated/imported with.
 
     `key` is the private key when it is open in memory (always for keys used
@@ -52,7 +52,7 @@ class SlotKey:
     (`sealed_for`) and then kept, so repeated saves write the same bytes.
     """
 
-    __slots__ = ("pin_policy", "touch_policy", "origin", "key_id", "public_key", "algorithm", "_clear", "_sealed")
+    __slots__ = ("pin_policy", "touch_policy", "origin", "key_id")
 
     def __init__(self, key: CardKey | None, pin_policy: PIN_POLICY, touch_policy: TOUCH_POLICY, origin: ORIGIN,
                  *, sealed: dict | None = None, public_key=None, key_id: str | None = None) -> None:
@@ -60,10 +60,7 @@ class SlotKey:
         self.touch_policy = TOUCH_POLICY(touch_policy)
         self.origin = ORIGIN(origin)
         self.key_id = key_id or os.urandom(8).hex()
-        self._clear = key
-        self._sealed = sealed
-        self.public_key = key.public_key if key is not None else public_key
-        self.algorithm = key.algorithm if key is not None else LockedCardKey(public_key).algorithm
+        super().__init__(key, sealed, public_key)
 
     def __repr__(self) -> str:
         return f"SlotKey({self.algorithm.name}, {self.pin_policy.name}, {self.origin.name})"
@@ -71,10 +68,6 @@ class SlotKey:
     @property
     def needs_pin(self) -> bool:
         return self.pin_policy != PIN_POLICY.NEVER
-
-    @property
-    def key(self):
-        return self._clear if self._clear is not None else LockedCardKey(self.public_key)
 
     @property
     def label(self) -> str:
@@ -85,14 +78,7 @@ class SlotKey:
     def private(self, vault: CardVault, session: VaultSession | None) -> CardKey:
         """The private key; PermissionError while the card is locked (for a PIN-protected key)."""
         if self._clear is None:
-            der = vault.open(self._sealed, self.label, session)
-            try:
-                key = CardKey(serialization.load_der_private_key(der, None), self.algorithm)
-            except (ValueError, KeyLoadError) as e:
-                raise StorageError(f"sealed key {self.key_id} does not hold a {self.algorithm.name} key: {e}") from None
-            if not key.matches(self.public_key):
-                raise StorageError(f"sealed key {self.key_id} does not match its public key")
-            self._clear = key
+            self._clear = vault.open_private_key(self._sealed, self.label, session, self.public_key, self.algorithm)
         return self._clear
 
     def forget(self) -> None:
