@@ -21,7 +21,7 @@ message                        answer  behaviour
 0x6B Escape          §6.1.8    0x83    CMD_NOT_SUPPORTED (no vendor commands)
 0x6E IccClock        §6.1.9    0x81    accepted, no-op (there is no clock to stop)
 0x6A T0APDU          §6.1.10   0x81    CMD_NOT_SUPPORTED (APDU level, no T=0 TPDUs)
-0x69 Secure          §6.1.11   0x80    CMD_NOT_SUPPORTED (bPINSupport 0: no PIN pad)
+0x69 Secure          §6.1.11   0x80    Secure event (PIN pad), or CMD_NOT_SUPPORTED (bPINSupport 0)
 0x71 Mechanical      §6.1.12   0x81    CMD_NOT_SUPPORTED (dwMechanical 0)
 0x72 Abort           §6.1.13   0x81    paired with the ep0 ABORT request (§5.3.1)
 0x73 SetDataRateAnd… §6.1.14   0x84    answers the one clock and rate we have
@@ -80,7 +80,8 @@ from .constants import (
     make_status,
 )
 from .descriptor import ClassDescriptor
-from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Transmit
+from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Secure, Transmit
+from .secure import SecureError, parse_secure
 
 MT = MessageType
 
@@ -101,6 +102,7 @@ class _Request(enum.Enum):
 
     POWER_ON = "power-on"
     TRANSMIT = "transmit"
+    SECURE = "secure"  # PC_to_RDR_Secure: the board collects a PIN, then the card answers
 
 
 class _Need(enum.IntEnum):
@@ -149,6 +151,10 @@ _RULES: dict[int, _Rule] = {
     MT.PC_to_RDR_SetDataRateAndClockFrequency: _Rule("_set_data_rate_and_clock_frequency", length=8),
 }
 assert set(_RULES) == set(RESPONSE_TYPE)
+
+#: PC_to_RDR_Secure when bPINSupport is set (§6.1.11): offsets 7 (bBWI) any, 8-9
+#: (wLevelParameter) 0 = the whole structure in one message, checked by the handler.
+_SECURE_RULE = _Rule("_secure", length=None, fields=(), need=_Need.ACTIVE_CARD)
 
 #: XfrBlock chaining at extended APDU level (§6.1.4): (chain state, wLevelParameter)
 #: -> handler.  A pair not in the table is answered with bError 8 (offset of
@@ -269,6 +275,9 @@ class Reader:
     def __init__(self, config: ReaderConfig = ReaderConfig()) -> None:
         self._config = config
         self._descriptor = ClassDescriptor.from_config(config)
+        self._rules = dict(_RULES)
+        if config.pin_support:
+            self._rules[MT.PC_to_RDR_Secure] = _SECURE_RULE
         self._slots = [_Slot(i) for i in range(config.slots)]
         self._events: list[Event] = []
         self._rx = bytearray()  # bulk-OUT bytes of the message being assembled
@@ -502,13 +511,14 @@ class Reader:
     def time_extension(self, slot: int) -> None:
         """The adapter's timer fired: ask the host for more time (§6.2.6, bStatus 0x80).
 
-        Sent only for a pending XfrBlock: libccid's CmdPowerOn does not know time
-        extensions (see `config.TIME_EXTENSION_INTERVAL`).  bError is the BWT
-        multiplier, 1: libccid then waits its normal timeout again.
+        Sent only for a pending XfrBlock or Secure (CCID_Receive loops on both):
+        libccid's CmdPowerOn does not know time extensions (see
+        `config.TIME_EXTENSION_INTERVAL`).  bError is the BWT multiplier, 1:
+        libccid then waits its normal timeout again.
         """
         s = self._slot_arg(slot)
         pending = s.pending
-        if pending is None or pending.kind is not _Request.TRANSMIT or s.aborting:
+        if pending is None or pending.kind is _Request.POWER_ON or s.aborting:
             return
         s.time_extensions += 1
         status = make_status(s.icc_status, CommandStatus.TIME_EXTENSION)
@@ -538,7 +548,7 @@ class Reader:
         slot = self._slots[command.slot]
         slot.last_seq = command.seq
         slot.commands += 1
-        rule = _RULES[command.message_type]
+        rule = self._rules[command.message_type]
         is_abort = command.message_type == MT.PC_to_RDR_Abort
         error = self._check(slot, command, rule, is_abort)
         if error is not None:
@@ -698,6 +708,21 @@ class Reader:
             return
         token = self._start(slot, _Request.TRANSMIT, command)
         self._events.append(Transmit(slot.index, token, apdu))
+
+    # --- Secure (§6.1.11): the PIN pad ---
+    def _secure(self, slot: _Slot, command: messages.Command) -> None:
+        if command.level_parameter != 0:
+            # wLevelParameter 0: the structure begins and ends in this message (no chaining).
+            self._fail_command(slot, command, FieldOffset.W_LEVEL_PARAMETER)
+            return
+        try:
+            request = parse_secure(command.data)
+        except SecureError as e:
+            self._fail_command(slot, command, e.offset)
+            return
+        slot.drop_chain()
+        token = self._start(slot, _Request.SECURE, command)
+        self._events.append(Secure(slot.index, token, request))
 
     def _send_response_apdu(self, slot: _Slot, seq: int, data: bytes) -> None:
         if len(data) <= self._config.max_payload:
