@@ -34,7 +34,10 @@ from typing import Callable
 
 from .. import __version__
 from ..cards.base import Card, EmulatedCard
+from ..cards.presence import NO_PRESENCE
 from ..ccid import ReaderConfig
+from ..presence.config import BoardConfig
+from ..presence.service import BoardService
 from ..usb.gadget import ConfigfsGadget, ExtraFunction, GadgetError, Identity
 from .control import ControlError, ControlServer
 from .engines import EngineError, SlotSpec, build_card
@@ -58,6 +61,7 @@ class DaemonOptions:
     log_level: str = "info"
     control_group: str | None = None         # None: the control socket is root-only (0600)
     control_socket: bool = True              # False: no control socket (embedding, tests)
+    board: BoardConfig = field(default_factory=BoardConfig)   # [presence], [pinpad]: buttons, keypad, LED
 
     @property
     def shared_gadget(self) -> bool:
@@ -68,7 +72,7 @@ class DaemonOptions:
         """Everything that, when changed, needs the host to enumerate the gadget again."""
         return (self.identity, self.udc, self.gadget_name, self.max_message_length,
                 tuple((f.kind, f.name, tuple(sorted(f.attributes.items()))) for f in self.extra_functions),
-                len(self.slots))
+                len(self.slots), self.board.pinpad)     # the PIN pad is in the descriptor (bPINSupport)
 
 
 #: Why a slot's card cannot be inserted or removed from here, by engine.
@@ -93,6 +97,7 @@ class Daemon:
         self.gadget: ConfigfsGadget | None = None
         self.function = None
         self.service: ReaderService | None = None
+        self.board: BoardService | None = None
         self.control: ControlServer | None = None
         self.started_at = time.time()
         self.usb_state = "starting"
@@ -122,6 +127,8 @@ class Daemon:
             spec = self.options.slots[info["slot"]] if info["slot"] < len(self.options.slots) else None
             if spec is not None and spec.engine == "emulated":
                 info.setdefault("type", spec.type)
+            if self.board is not None:
+                info["waiting"] = self.board.waiting(info["slot"])
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -139,6 +146,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "reloads": self.reloads,
             "slots": slots,
+            "presence": self.board.describe() if self.board else None,
         }
 
     def engine_of(self, slot: int) -> str | None:
@@ -191,6 +199,25 @@ class Daemon:
     def insert(self, slot: int) -> dict:
         return self._presence(slot, True)
 
+    # confirm / deny / pin: the board's people-facing verbs (presence/service.py)
+    def _board_call(self, name: str, *args, **kw) -> dict:
+        if self.board is None:
+            raise ControlError("the reader is not running yet")
+        try:
+            return getattr(self.board, name)(*args, **kw)
+        except (LookupError, ValueError) as e:
+            raise ControlError(str(e.args[0] if e.args else e)) from None
+
+    def confirm(self, slot: int, by: str = "the control socket") -> dict:
+        return self._board_call("confirm", slot, by)
+
+    def deny(self, slot: int, by: str = "the control socket") -> dict:
+        return self._board_call("deny", slot, by)
+
+    def pin(self, slot: int, current: str | None, new: str | None, cancel: bool = False,
+            by: str = "the control socket") -> dict:
+        return self._board_call("pin", slot, current, new, cancel=cancel, by=by)
+
     def remove(self, slot: int) -> dict:
         return self._presence(slot, False)
 
@@ -236,13 +263,17 @@ class Daemon:
         if new.control_group != old.control_group and self.control is not None:
             self.control.apply_permissions(new.control_group)
             notes.append(f"control socket group {new.control_group or 'root only'}")
+        if new.board != old.board and new.gadget_key() == old.gadget_key():
+            await self._restart_board(new.board)
+            notes.append("presence sources restarted")
         if new.gadget_key() != old.gadget_key():
             what = [name for name, a, b in (
                 ("identity", old.identity, new.identity), ("udc", old.udc, new.udc),
                 ("gadget name", old.gadget_name, new.gadget_name),
                 ("max_message_length", old.max_message_length, new.max_message_length),
                 ("functions", old.gadget_key()[4], new.gadget_key()[4]),
-                ("number of slots", len(old.slots), len(new.slots))) if a != b]
+                ("number of slots", len(old.slots), len(new.slots)),
+                ("pinpad", old.board.pinpad, new.board.pinpad)) if a != b]
             await self._reenumerate_with(new)
             message = (f"re-enumerated: {', '.join(what)} changed, which the host only learns by enumerating "
                        f"the device again (the reader disconnected and came back)")
@@ -270,6 +301,8 @@ class Daemon:
             raise ControlError(f"slot {slot} not replaced: cannot build its {spec.engine} card: {e}") from None
         service = self.service
         card.add_presence_listener(lambda present: self._notify_status())
+        if self.board is not None:
+            self.board.attach(slot, card)
         try:
             await service.replace_card(slot, card)
         except Exception as e:
@@ -283,6 +316,36 @@ class Daemon:
             slots[slot] = spec
             self.options = dataclasses.replace(self.options, slots=slots)
         log.info("slot %d: now %s", slot, self.engine_of(slot), extra={"slot": slot, "event": "replace"})
+
+    async def _restart_board(self, board: BoardConfig) -> None:
+        """New buttons/LED/timeouts without re-enumerating: open waits are refused, cards get the new presence.
+
+        The old sources are released first (a GPIO line or a grabbed input device has one user at a time).
+        """
+        old = self.board
+        if old is not None:
+            self.service.cancel_listeners.remove(old.cancel)
+            old.stop()
+        self.board = BoardService(board, len(self.service.cards))
+        try:
+            await self.board.start()
+        except OSError as e:
+            self.board = BoardService(old.config if old else BoardConfig(), len(self.service.cards))
+            try:
+                await self.board.start()
+            except OSError:
+                self.board = BoardService(BoardConfig(), len(self.service.cards))
+            self._hook_board(self.service.cards)
+            raise ControlError(f"the [presence] configuration was NOT applied: {e}") from None
+        self._hook_board(self.service.cards)
+
+    def _hook_board(self, cards) -> None:
+        for slot, card in enumerate(cards):
+            if isinstance(card, EmulatedCard):
+                card.presence = NO_PRESENCE          # until attach() gives it its slot's, if it has one
+            self.board.attach(slot, card)
+        self.service.cancel_listeners.append(self.board.cancel)
+        self.service.pin_entry = self.board.pin_entry if self.board.pinpad is not None else None
 
     async def _reenumerate_with(self, new: DaemonOptions) -> None:
         loop = asyncio.get_running_loop()
@@ -371,10 +434,19 @@ class Daemon:
         self.state = "starting"
         cards = [build_card(spec, slot, opts.state_dir, shared_gadget=opts.shared_gadget)
                  for slot, spec in enumerate(opts.slots)]
-        config = ReaderConfig(slots=len(cards))
+        self.board = BoardService(opts.board, len(cards))
+        try:
+            await self.board.start()
+        except OSError as e:
+            for card in cards:
+                await card.stop()
+            raise EngineError(str(e)) from None
+        features = self.board.reader_features()
+        config = ReaderConfig(slots=len(cards), **features)
         if opts.max_message_length:
-            config = ReaderConfig(slots=len(cards), max_message_length=opts.max_message_length)
+            config = ReaderConfig(slots=len(cards), max_message_length=opts.max_message_length, **features)
         self.service = ReaderService(cards, config=config)
+        self._hook_board(cards)
         for slot, card in enumerate(cards):
             card.add_presence_listener(lambda present: self._notify_status())
 
@@ -429,6 +501,7 @@ class Daemon:
                 self.function = None
         finally:
             await self.service.stop()
+            self.board.stop()
             self.gadget.destroy()
 
     @staticmethod

@@ -7,6 +7,7 @@ Layout (etc/ccidgadget.toml.example documents every key):
     [daemon]    state_dir, runtime_dir, log_level, control_group
     [[slot]]    engine and the engine's keys (the fields of SlotSpec), one table per slot, in slot order
     [[function]] kind = "acm" | "ncm" | "ecm" | "rndis", name, attributes: kernel functions sharing the gadget
+    [presence] [[presence.button]] [pinpad]   touch and PIN entry on the board (presence/config.py)
 
 Every command-line option of the daemon has a key here with the same default
 (`CLI_KEYS` is the map, and a test holds the two together); an option given on
@@ -32,6 +33,7 @@ from typing import Any
 
 from ..ccid.config import DEFAULT_MAX_MESSAGE_LENGTH, MAX_MAX_MESSAGE_LENGTH, MIN_MAX_MESSAGE_LENGTH
 from ..ccid.constants import MAX_SLOTS
+from ..presence import config as board_config
 from ..usb.gadget import DEFAULT_PRESET, KERNEL_FUNCTIONS, PRESETS, ExtraFunction, Identity
 from .engines import EMULATED_TYPES, ENGINES, EngineError, SlotSpec, parse_listen
 
@@ -100,6 +102,7 @@ class Config:
     control_group: str | None = None
     slots: list[SlotSpec] = field(default_factory=lambda: [SlotSpec()])
     functions: list[ExtraFunction] = field(default_factory=list)
+    board: board_config.BoardConfig = field(default_factory=board_config.BoardConfig)
     #: Where this came from, for messages: a path or "built-in defaults".
     source: str = "built-in defaults"
 
@@ -122,7 +125,7 @@ class Config:
                              max_message_length=self.max_message_length,
                              extra_functions=[dataclasses.replace(f, attributes=dict(f.attributes))
                                               for f in self.functions],
-                             log_level=self.log_level, control_group=self.control_group)
+                             log_level=self.log_level, control_group=self.control_group, board=self.board)
 
 
 # -- reading ----------------------------------------------------------------------
@@ -275,7 +278,7 @@ class _Validator:
     # -- sections -------------------------------------------------------------
     def config(self, data: dict) -> Config:
         cfg = Config(source=self.source)
-        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function"), "")
+        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function", "presence", "pinpad"), "")
         gadget = self.table("gadget", data.get("gadget", {}))
         if gadget is not None:
             self.gadget(cfg, gadget)
@@ -299,6 +302,9 @@ class _Validator:
                         self.error("function", f"two functions are {f.kind}.{f.name}; allowed: each kind and "
                                                 f"name once (give the second a different name)")
                     seen.add((f.kind, f.name))
+        cfg.board, problems = board_config.parse(data.get("presence"), data.get("pinpad"), source=self.source,
+                                                 slot_count=len(cfg.slots))
+        self.problems += problems
         if self.problems:
             raise ConfigError(self.problems)
         return cfg

@@ -9,6 +9,10 @@ requests per connection, UTF-8 JSON objects, lines at most `MAX_LINE` bytes):
     -> {"verb": "insert", "slot": 0}          simulate inserting the card (emulated engines)
     -> {"verb": "remove", "slot": 0}          simulate pulling the card out (emulated engines)
     -> {"verb": "reload"}                     re-read the configuration file and apply it
+    -> {"verb": "confirm", "slot": 0}         a person confirms the touch slot 0 waits for
+    -> {"verb": "deny", "slot": 0}            refuse it (6982), or cancel slot 0's PIN entry (bError EF)
+    -> {"verb": "pin", "slot": 0, "current": "...", "new": "..."}   the PIN(s) slot 0's PIN pad entry
+                                              waits for (or "cancel": true); never logged
     -> {"verb": "ping"}                       {"ok": true, "result": {"version": "..."}}
     <- {"ok": false, "error": "what went wrong, for a human"}
 
@@ -38,7 +42,7 @@ from .. import __version__
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
-VERBS = ("status", "insert", "remove", "reload", "ping")
+VERBS = ("status", "insert", "remove", "reload", "ping", "confirm", "deny", "pin")
 #: Exit statuses of the client verbs.
 EXIT_FAILED = 1          # the daemon answered with an error
 EXIT_NO_DAEMON = 3       # like systemctl status: not running (or not reachable)
@@ -60,6 +64,9 @@ class ControlTarget(Protocol):
     def insert(self, slot: int) -> dict: ...
     def remove(self, slot: int) -> dict: ...
     async def reload(self) -> dict: ...
+    def confirm(self, slot: int, by: str) -> dict: ...
+    def deny(self, slot: int, by: str) -> dict: ...
+    def pin(self, slot: int, current: str | None, new: str | None, cancel: bool, by: str) -> dict: ...
 
 
 # -- server --------------------------------------------------------------------------
@@ -167,12 +174,32 @@ class ControlServer:
                     return {"ok": False, "error": f"{verb} needs \"slot\": an integer slot number"}
                 fn = self.target.insert if verb == "insert" else self.target.remove
                 return {"ok": True, "result": fn(slot)}
+            if verb in ("confirm", "deny", "pin"):
+                return self._board_verb(verb, request, peer)
             return {"ok": True, "result": await self.target.reload()}
         except ControlError as e:
             return {"ok": False, "error": str(e)}
         except Exception as e:                           # a bug: answer, log, keep serving
             log.exception("control verb %s failed", verb)
             return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+
+
+    def _board_verb(self, verb: str, request: dict, peer: str) -> dict:
+        slot = request.get("slot")
+        if isinstance(slot, bool) or not isinstance(slot, int):
+            return {"ok": False, "error": f"{verb} needs \"slot\": an integer slot number"}
+        by = f"the control socket ({peer})"
+        if verb == "confirm":
+            return {"ok": True, "result": self.target.confirm(slot, by)}
+        if verb == "deny":
+            return {"ok": True, "result": self.target.deny(slot, by)}
+        pins = {k: request.get(k) for k in ("current", "new")}
+        if any(v is not None and not isinstance(v, str) for v in pins.values()):
+            return {"ok": False, "error": "pin: \"current\" and \"new\" must be strings"}
+        cancel = request.get("cancel", False)
+        if not isinstance(cancel, bool):
+            return {"ok": False, "error": "pin: \"cancel\" must be true or false"}
+        return {"ok": True, "result": self.target.pin(slot, pins["current"], pins["new"], cancel, by)}
 
 
 def _answers(path: Path) -> bool:

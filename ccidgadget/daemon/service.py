@@ -18,11 +18,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 from ..cards.base import Card, CardAbsent, CardError, CardHardwareError, CardMute
 from ..ccid import (TIME_EXTENSION_INTERVAL, BulkIn, Cancel, InterruptPending, PowerOff, PowerOn, Reader,
-                    ReaderConfig, SlotError, Transmit)
+                    ReaderConfig, Secure, SlotError, Transmit)
+from ..ccid.secure import PinRequest
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class ReaderService:
         self.time_extension_interval = time_extension_interval
         self._pending: dict[int, tuple[int, _Pending]] = {}   # token -> (slot, pending)
         self._listeners = []
+        #: Told the slot whenever the host drops a command (Abort, bus reset, removal): frees a touch wait.
+        self.cancel_listeners: list[Callable[[int], None]] = []
+        #: PC_to_RDR_Secure: collects the PIN(s) (current, new) for a request (presence/pinpad.py).
+        self.pin_entry: Callable[[int, PinRequest], Awaitable[tuple[str | None, str | None]]] | None = None
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -164,6 +169,8 @@ class ReaderService:
                             lambda e=event: self._transmit(e.slot, e.apdu))
             elif isinstance(event, PowerOff):
                 asyncio.get_running_loop().create_task(self._power_off(event.slot))
+            elif isinstance(event, Secure):
+                self._start(event.slot, event.token, lambda e=event: self._secure(e.slot, e.request))
             elif isinstance(event, Cancel):
                 entry = self._pending.pop(event.token, None)
                 if entry is not None:
@@ -171,6 +178,8 @@ class ReaderService:
                     pending.task.cancel()
                     if pending.timer:
                         pending.timer.cancel()
+                for listener in self.cancel_listeners:
+                    listener(event.slot)
 
     def _start(self, slot: int, token: int, work) -> None:
         # `work` makes the coroutine only when the task runs, so a request
@@ -202,6 +211,13 @@ class ReaderService:
         if len(rapdu) < 2:
             raise CardMute(f"engine returned a {len(rapdu)}-byte response")
         return rapdu
+
+    async def _secure(self, slot: int, request: PinRequest) -> bytes:
+        # §6.1.11: the PIN comes from the board, the APDU is built as the host's structure says.
+        if self.pin_entry is None:
+            raise CardHardwareError("PC_to_RDR_Secure without a PIN pad")
+        current, new = await self.pin_entry(slot, request)
+        return await self._transmit(slot, request.build_apdu(current, new))
 
     async def _power_off(self, slot: int) -> None:
         try:
@@ -240,7 +256,9 @@ class ReaderService:
         stats.last_error = f"{type(error).__name__}: {error}"
         stats.last_error_at = time.time()
         log.info("slot %d: %s", slot, stats.last_error, extra={"slot": slot, "event": "card-error"})
-        if isinstance(error, CardHardwareError):
+        if getattr(error, "slot_error", None) is not None:    # PIN entry cancelled / timed out
+            code = error.slot_error
+        elif isinstance(error, CardHardwareError):
             code = SlotError.HW_ERROR
         else:                               # absent and mute both look mute to the host
             code = SlotError.ICC_MUTE

@@ -477,6 +477,29 @@ def _finish(tree: Path, release: str) -> Prepared:
     return p
 
 
+def _gpio_sim():
+    import importlib.util
+    name = "ccidgadget_vm_gpio_sim"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("gpio_sim.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _extra_modules(p: Prepared) -> Prepared:
+    """gpio-sim.ko for tests/e2e/test_presence.py (tests/vm/gpio_sim.py); a failure is kept for that test to report."""
+    debs = sorted((CACHE / "debs").glob(f"linux-image-{p.version}-unsigned_*.deb"))
+    try:
+        if not debs:
+            raise RuntimeError(f"the kernel package of {p.version} is not in {CACHE / 'debs'}")
+        _gpio_sim().build(CACHE, p.version, debs[-1], log=_log)
+    except RuntimeError as e:
+        _log(f"gpio-sim.ko not built (tests that need a simulated GPIO line will fail): {e}")
+    return p
+
+
 def prepare(refresh: bool = False) -> Prepared:
     """Set up (or reuse) the kernel, its modules and the initramfs.
 
@@ -492,7 +515,7 @@ def prepare(refresh: bool = False) -> Prepared:
             p = _from_state()
             if p is not None:
                 # the init script may have changed since: rebuild the initramfs if so
-                return _finish(p.tree, p.version)
+                return _extra_modules(_finish(p.tree, p.version))
         try:
             pkg, release = resolve_kernel_package()
         except TestbedUnavailable:
@@ -502,7 +525,7 @@ def prepare(refresh: bool = False) -> Prepared:
             raise
         deb = _download(pkg)
         tree = _unpack(deb, release)
-        return _finish(tree, release)
+        return _extra_modules(_finish(tree, release))
 
 
 # --------------------------------------------------------------------------- run
@@ -525,6 +548,8 @@ def guest_env(env: Mapping[str, str | None] | None = None, prepared: Prepared | 
     if prepared is not None:
         out["CCIDGADGET_VM_MODULES"] = str(prepared.tree)
         out["CCIDGADGET_VM_KERNEL"] = prepared.version
+        gpio_sim = _gpio_sim()
+        out["CCIDGADGET_VM_GPIO_SIM"] = str(gpio_sim.module_path(CACHE, prepared.version))
     for k, v in (env or {}).items():
         if v is None:
             out.pop(k, None)
