@@ -254,7 +254,4 @@ def _pinpad(c: _Checker, value: Any) -> PinpadConfig:
         cfg["timeout"] = c.number("pinpad.timeout", t["timeout"], 1, 255, DEFAULT_PIN_TIMEOUT)
     if "max_timeout" in t:
         cfg["max_timeout"] = c.number("pinpad.max_timeout", t["max_timeout"], 1, 255, DEFAULT_PIN_MAX_TIMEOUT)
-    result = PinpadConfig(**cfg)
-    if result.timeout > result.max_timeout:
-        c.error("pinpad.timeout", f"{result.timeout:g} s is more than pinpad.max_timeout {result.max_timeout:g} s")
-    return result
+    return PinpadConfig(**cfg)       # max_timeout caps the default too (PinPad.timeout_for)

@@ -126,7 +126,7 @@ def test_configuration_tables() -> None:
     ("[[presence.button]]\ninput = 'x'\nkey = 'ENTER'", "allowed a key name such as"),
     ("[presence]\nled = 'ACT'\nled_gpio = 'gpiochip0:4'", "not both"),
     ("[presence]\nled_gpio = 'gpiochip0'", "allowed \"CHIP:LINE\""),
-    ("[pinpad]\ntimeout = 100\nmax_timeout = 50", "more than pinpad.max_timeout"),
+    ("[pinpad]\nmax_timeout = 300", "pinpad.max_timeout: 300: allowed a number of seconds 1..255"),
     ("[pinpad]\nenabled = 'yes'", "pinpad.enabled: must be true or false"),
 ])
 def test_configuration_errors(text, message) -> None:
@@ -168,3 +168,12 @@ def test_gpio_uapi_v2_numbers() -> None:
     assert gpio.GPIO_V2_LINE_SET_VALUES_IOCTL == 0xC010B40F
     event = struct.pack("<QIIII24x", 123, 1, 17, 1, 1)
     assert gpio.LINE_EVENT.unpack(event)[:2] == (123, gpio.EdgeEvent.RISING_EDGE)
+
+
+def test_example_file_documents_every_presence_key() -> None:
+    import re
+    from ccidgadget.presence import config as board
+    text = (config.Path(__file__).resolve().parents[2] / "etc" / "ccidgadget.toml.example").read_text()
+    documented = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.M))
+    every = (set(board.PRESENCE_KEYS) - {"button"}) | set(board.BUTTON_KEYS) | set(board.PINPAD_KEYS)
+    assert every <= documented, sorted(every - documented)
