@@ -242,3 +242,36 @@ def test_pin_pad_timeout_is_bError_f0(tmp_path):
             assert (r["seq"], r["status"] & 0xC0, r["error"]) == (3, 0x40, 0xF0)
             assert rig.board.pinpad.timed_out == 1
     asyncio.run(main())
+
+
+def test_ccidgadget_pin_reads_the_pin_and_it_reaches_no_log(tmp_path, monkeypatch, caplog, capsys):
+    import io
+    import logging
+
+    from ccidgadget import cli
+    caplog.set_level(logging.DEBUG)
+    secret = "73915824"
+    monkeypatch.setattr("sys.stdin", io.StringIO("123456\n" + secret + "\n" + secret + "\n"))
+
+    async def main():
+        board = BoardConfig(pinpad=PinpadConfig(enabled=True, timeout=10, max_timeout=10))
+        async with Rig(tmp_path, board, [piv_with_key(tmp_path, "a")]) as rig:
+            await rig.power_on_select()
+            # CHANGE REFERENCE DATA as OpenSC sends it for PIV: current PIN, new PIN twice
+            from tests.ccid.test_secure import libccid_modify, pcsc_modify
+            structure = libccid_modify(pcsc_modify(fmt=0x02, block=0x08, old=0, new=8, min_digits=4, max_digits=8,
+                                                   confirm=0x03, messages=0,
+                                                   apdu=bytes.fromhex("0024008010") + b"\xff" * 16))
+            rig.service.bulk_out(msg(SECURE, 0, 3, structure), transfer_end=True)
+            rc = await asyncio.to_thread(cli.main, ["pin", "0", "--stdin", "--wait", "5", "--socket", str(rig.sock)])
+            assert rc == 0
+            r, data = await _answer(rig)
+            assert data == b"\x90\x00"
+            # the new PIN works
+            r, data = await transmit(rig.t, rig.service, apdu(0x20, 0x00, 0x80, secret.encode(), le=False), 0, 4)
+            assert data[-2:] == b"\x90\x00"
+    asyncio.run(main())
+    assert "PIN passed to the card" in capsys.readouterr().out
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "slot 0 waits for a PIN (modify" in text
+    assert secret not in text and "123456" not in text
