@@ -134,6 +134,8 @@ timeout = {TOUCH_TIMEOUT}
 [[presence.button]]
 input = "{BUTTON_NAME}"
 key = "KEY_ENTER"
+# not grabbed: a grab stops the kernel's input-leds from setting the device's own LED, our LED here
+grab = false
 
 [[presence.button]]
 gpio = "ccidgadget-sim"
