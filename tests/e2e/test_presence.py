@@ -33,7 +33,7 @@ from piv_helpers import PKCS11_MODULE, PivStack
 GPIO_SIM_CONFIGFS = Path("/sys/kernel/config/gpio-sim")
 BUTTON_NAME = "ccidgadget test button"
 KEYPAD_NAME = "ccidgadget test keypad"
-TOUCH_TIMEOUT = 10
+TOUCH_TIMEOUT = 20            # a `ccidgadget` CLI process takes several seconds to start under TCG
 PIN_TIMEOUT = 8
 PIN = "73915824"                    # changed from the default so that it is easy to look for in logs
 PIV_AID = [0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00]
@@ -186,7 +186,7 @@ class Stack(PivStack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, e2e, devices):
-    os.environ["LIBCCID_ifdLogLevel"] = "0x000F"       # libccid: critical, info, periodic and every frame
+    os.environ["LIBCCID_ifdLogLevel"] = "0x0007"       # libccid: critical, info and every frame (COMM)
     out = os.environ.get("CCIDGADGET_VM_OUT")
     log_dir = Path(out) / "logs" / "test_presence" if out else tmp_path_factory.mktemp("presence-logs")
     base = tmp_path_factory.mktemp("presence")
