@@ -345,8 +345,11 @@ def test_deny_and_timeout_answer_6982_and_libccid_waits(stack):
     data, sw = _apdu(conn, _sign_apdu(0x9A))                     # nobody comes: the timeout
     waited = time.monotonic() - start
     assert sw == 0x6982 and waited >= TOUCH_TIMEOUT - 0.5, (sw, waited)
-    # libccid's T=1 read timeout is ~3.8 s: it waited for 6 s because of the time extensions
-    assert "Time extension requested" in stack.pcscd.log()
+    # libccid's read timeout after the ATR (IFDHSetProtocolParameters logs it, ~3.8 s for our T=1 ATR):
+    # it waited the whole touch timeout and got the card's answer because of the time extensions.
+    # (libccid logs no frames of a multi-slot reader, so the extensions themselves are not in its log.)
+    timeouts = [int(ms) for ms in re.findall(r"IFDHSetProtocolParameters\(\) Timeout: (\d+) ms", stack.pcscd.log())]
+    assert timeouts and max(timeouts) < TOUCH_TIMEOUT * 1000 / 2, timeouts
     conn.disconnect()
     log = stack.daemon.log()
     assert "refused (denied by the control socket" in log and "refused (timed out)" in log
@@ -477,7 +480,8 @@ def test_keypad_escape_is_6401_and_the_timeout_6400(stack, devices):
 def test_the_pin_never_reaches_a_log(stack):
     pin_hex = " ".join(f"{b:02X}" for b in PIN.encode())
     pcscd_log = stack.pcscd.log()
-    assert re.search(r"-> [0-9A-Fa-f]+ 69 ", pcscd_log), "libccid logged no PC_to_RDR_Secure frame"
+    # libccid logs the FEATURE_VERIFY_PIN_DIRECT request it turns into PC_to_RDR_Secure: the template
+    assert "ControlCode: 0x42330006" in pcscd_log and "Control TxBuffer: " in pcscd_log
     for text, name in ((pcscd_log, "pcscd"), (stack.daemon.log(), "ccidgadget")):
         assert PIN not in text, name
         assert pin_hex not in text.upper() and pin_hex.replace(" ", "") not in text.upper().replace(" ", ""), name
