@@ -408,6 +408,8 @@ def _type(stack, device, keys) -> None:
 def _tries_left(stack) -> int:
     conn = _connect(stack, 0)
     _apdu(conn, [0x00, 0xA4, 0x04, 0x00, len(PIV_AID), *PIV_AID])
+    # the card stays verified from the last login (pcscd keeps it powered): VERIFY P1=FF forgets that
+    assert _apdu(conn, [0x00, 0x20, 0xFF, 0x80])[1] == 0x9000
     sw = _apdu(conn, [0x00, 0x20, 0x00, 0x80])[1]
     conn.disconnect()
     assert sw >> 4 == 0x63C, hex(sw)
