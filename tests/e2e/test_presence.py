@@ -508,7 +508,9 @@ def test_reload_switches_the_led_to_a_gpio_line(stack, devices):
         for _ in range(12):
             values.add(sim.value(1))
             time.sleep(0.1)
-        stack.ctl("confirm", "0")
+        # in-process: the CLI's own confirm is test_control_confirm_while_the_other_slot_serves
+        from ccidgadget.daemon.control import call
+        call(stack.runtime / "control.sock", "confirm", slot=0)
 
     t = threading.Thread(target=watch_then_confirm, daemon=True)
     t.start()
