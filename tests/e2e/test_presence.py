@@ -196,6 +196,10 @@ def stack(tmp_path_factory, e2e, devices):
         s.start()
         yield s
     finally:
+        # pyscard releases its PC/SC context in __del__: let that happen while pcscd still runs
+        # (raising there later trips CPython 3.11's "AST constructor recursion depth mismatch")
+        import gc
+        gc.collect()
         problems = s.close()
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
