@@ -36,7 +36,7 @@ deps:
 $(PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,pcsc,systemd]'
+	$(PY) -m pip install -q -e '.[test,pcsc,systemd,presence]'
 	@touch $(PY)
 
 venv: deps $(PY)

@@ -11,6 +11,7 @@ records only what was actually given, and both go through the same validator.
 Verbs on the running daemon (control socket, daemon/control.py):
     ccidgadget status [--json]      ccidgadget insert SLOT     ccidgadget remove SLOT
     ccidgadget reload               ccidgadget check-config    ccidgadget cleanup
+    ccidgadget confirm SLOT         ccidgadget deny SLOT       ccidgadget pin SLOT   (presence/cli.py)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError
 log = logging.getLogger("ccidgadget")
 
 #: Verbs that are not the daemon itself.
-VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup", "doctor")
+VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup", "doctor", "confirm",
+         "deny", "pin")
 
 #: Exit status for a configuration or usage error (argparse uses it too).
 EXIT_CONFIG = 2
@@ -236,6 +238,9 @@ def format_status(st: dict) -> str:
                      f"{s.get('power_ons', 0)} power-on(s), {s.get('errors', 0)} error(s){extra}")
         if s.get("last_error"):
             lines.append(f"           last error: {s['last_error']}")
+        if s.get("waiting"):
+            from .presence.cli import format_wait
+            lines.append(f"           waiting: {format_wait(s['waiting'])}")
     return "\n".join(lines)
 
 
@@ -338,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         return main_vpcd_card(argv[1:])
     if argv and argv[0] in ("status", "insert", "remove", "reload"):
         return run_client_verb(argv[0], argv[1:])
+    if argv and argv[0] in ("confirm", "deny", "pin"):
+        from .presence.cli import main_board_verb
+        return main_board_verb(argv[0], argv[1:], _client_parser, _socket_path)
     if argv and argv[0] == "check-config":
         return run_check_config(argv[1:])
     if argv and argv[0] == "cleanup":

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from .ccid.config import DEFAULT_MAX_MESSAGE_LENGTH, MAX_MAX_MESSAGE_LENGTH, MIN_MAX_MESSAGE_LENGTH
 from .ccid.constants import MAX_SLOTS
+from .presence.config import BoardConfig
 from .usb.gadget import DEFAULT_PRESET, KERNEL_FUNCTIONS, PRESETS, ExtraFunction, Identity
 
 # -- names and defaults ---------------------------------------------------------------
@@ -317,6 +318,8 @@ class DaemonOptions:
     # [[slot]], [[function]]
     slots: list[SlotSpec] = field(default_factory=lambda: [SlotSpec()])
     functions: list[ExtraFunction] = field(default_factory=list)
+    # [presence], [pinpad]: buttons, keypad and LED on the board (presence/config.py validates them)
+    board: BoardConfig = field(default_factory=BoardConfig)
     # [vault]: emulated cards' keys at rest (cards.vault.VaultOptions); None: the defaults
     vault: object | None = None
     #: False: no control socket (embedding, tests)
@@ -345,7 +348,8 @@ class DaemonOptions:
         return {"identity": self.usb_identity, "udc": self.udc, "gadget name": self.gadget_name,
                 "max_message_length": self.max_message_length,
                 "functions": tuple((f.kind, f.name, tuple(sorted(f.attributes.items()))) for f in self.functions),
-                "number of slots": len(self.slots)}
+                "number of slots": len(self.slots),
+                "pinpad": self.board.pinpad}            # the PIN pad is in the descriptor (bPINSupport)
 
     def copy(self) -> "DaemonOptions":
         from dataclasses import replace

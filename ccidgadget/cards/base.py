@@ -33,6 +33,9 @@ class CardSetupError(Exception):
 class CardError(Exception):
     """The card cannot answer; the reader turns this into a CCID slot error."""
 
+    #: The bError the host gets, when not the reader's usual one for the kind of error (ICC_MUTE, HW_ERROR)
+    slot_error: int | None = None
+
 
 class CardAbsent(CardError):
     """No card in the slot (removed, client gone, reader unplugged)."""
@@ -178,6 +181,17 @@ class EmulatedCard(Card):
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def run_after_current(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on this card's worker once the command it runs now (if any) has ended.
+
+        The worker is one thread taking jobs in order, so `fn` runs before any
+        command submitted later (the presence hub clears an abort with it).
+        """
+        try:
+            self._executor.submit(fn)
+        except RuntimeError:        # the worker is shut down: nothing runs on it any more
+            fn()
 
     async def power_on(self) -> bytes:
         if not self.present:

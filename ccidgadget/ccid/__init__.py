@@ -18,13 +18,13 @@ from .config import (
 )
 from .constants import ClassRequest, CommandStatus, ICCStatus, MessageType, SlotError
 from .descriptor import ClassDescriptor
-from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Transmit
+from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Secure, Transmit
 from .reader import Reader, ReaderCounters, SlotState
 
 __all__ = [
     "BulkIn", "Cancel", "ClassDescriptor", "ClassRequest", "CommandStatus", "DEFAULT_MAX_MESSAGE_LENGTH",
     "Event", "ICCStatus", "InterruptPending", "MAX_ATR_LENGTH", "MAX_COMMAND_APDU_LENGTH",
     "MAX_PENDING_HARDWARE_ERRORS", "MAX_RESPONSE_APDU_LENGTH", "MessageType", "PowerOff", "PowerOn",
-    "Reader", "ReaderConfig", "ReaderCounters", "SlotError", "SlotState", "TIME_EXTENSION_INTERVAL",
+    "Reader", "ReaderConfig", "ReaderCounters", "Secure", "SlotError", "SlotState", "TIME_EXTENSION_INTERVAL",
     "Transmit", "constants", "messages",
 ]

@@ -114,6 +114,10 @@ class ReaderConfig:
     #: Limits, see the module constants.
     max_command_apdu_length: int = MAX_COMMAND_APDU_LENGTH
     max_response_apdu_length: int = MAX_RESPONSE_APDU_LENGTH
+    #: bPINSupport (§5.1): 0x01 PIN verification, 0x02 modification; non-zero turns on
+    #: PC_to_RDR_Secure (§6.1.11, ccid/secure.py).  wLcdLayout: 0 = no display.
+    pin_support: int = 0
+    lcd_layout: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= MAX_SLOTS:
@@ -126,6 +130,8 @@ class ReaderConfig:
             raise ValueError("max_ifsd must be 1..254")
         if self.max_command_apdu_length < 4 or self.max_response_apdu_length < 2:
             raise ValueError("APDU limits too small")
+        if self.pin_support & ~0x03 or not 0 <= self.lcd_layout <= 0xFFFF:
+            raise ValueError("pin_support takes bits 0x01 and 0x02; lcd_layout is 16 bits")
 
     @property
     def max_payload(self) -> int:

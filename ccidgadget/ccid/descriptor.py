@@ -100,7 +100,7 @@ class ClassDescriptor:
     bClassGetResponse: int = 0xFF
     bClassEnvelope: int = 0xFF
     wLcdLayout: int = 0  # no LCD
-    bPINSupport: int = 0  # no PIN pad: PC_to_RDR_Secure is not supported
+    bPINSupport: int = 0  # 0: no PIN pad, PC_to_RDR_Secure is not supported; 0x03 with [pinpad]
     #: Every slot may have a command outstanding; libccid then reports the slots
     #: as thread-safe (TAG_IFD_SLOT_THREAD_SAFE) and talks to them concurrently.
     bMaxCCIDBusySlots: int = 1
@@ -116,6 +116,8 @@ class ClassDescriptor:
             dwMaxIFSD=config.max_ifsd,
             dwMaxCCIDMessageLength=config.max_message_length,
             bMaxCCIDBusySlots=config.slots,
+            bPINSupport=config.pin_support,
+            wLcdLayout=config.lcd_layout,
         )
 
     def to_bytes(self) -> bytes:

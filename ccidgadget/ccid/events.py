@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from .secure import PinRequest
+
 
 @dataclass(frozen=True)
 class BulkIn:
@@ -52,6 +54,16 @@ class Transmit:
 
 
 @dataclass(frozen=True)
+class Secure:
+    """PC_to_RDR_Secure (§6.1.11): collect the PIN(s), send ``request.build_apdu(...)``, then
+    ``reader.card_answer(token, rapdu)``, or ``reader.card_failed(token, PIN_CANCELLED / PIN_TIMEOUT)``."""
+
+    slot: int
+    token: int
+    request: PinRequest
+
+
+@dataclass(frozen=True)
 class Cancel:
     """The request `token` was dropped (abort, removal, bus reset); a later answer to it is ignored."""
 
@@ -59,4 +71,4 @@ class Cancel:
     token: int
 
 
-Event = Union[BulkIn, InterruptPending, PowerOn, PowerOff, Transmit, Cancel]
+Event = Union[BulkIn, InterruptPending, PowerOn, PowerOff, Transmit, Secure, Cancel]

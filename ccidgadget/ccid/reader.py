@@ -31,7 +31,7 @@ message                        answer  behaviour
 0x6B Escape          §6.1.8    0x83    CMD_NOT_SUPPORTED (no vendor commands)
 0x6E IccClock        §6.1.9    0x81    accepted, no-op (there is no clock to stop)
 0x6A T0APDU          §6.1.10   0x81    CMD_NOT_SUPPORTED (APDU level, no T=0 TPDUs)
-0x69 Secure          §6.1.11   0x80    CMD_NOT_SUPPORTED (bPINSupport 0: no PIN pad)
+0x69 Secure          §6.1.11   0x80    Secure event (PIN pad), or CMD_NOT_SUPPORTED (bPINSupport 0)
 0x71 Mechanical      §6.1.12   0x81    CMD_NOT_SUPPORTED (dwMechanical 0)
 0x72 Abort           §6.1.13   0x81    paired with the ep0 ABORT request (§5.3.1)
 0x73 SetDataRateAnd… §6.1.14   0x84    answers the one clock and rate we have
@@ -86,14 +86,15 @@ from .constants import (
     make_status,
 )
 from .descriptor import ClassDescriptor
-from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Transmit
+from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Secure, Transmit
+from .secure import SecureError, parse_secure
 from .framing import BulkOutFramer
 from .messages import Header, data_block
 from .slot import XFR_TRANSITIONS, ChainError, Request, Slot
 
 MT = MessageType
 
-_POWER_ON, _TRANSMIT = Request.POWER_ON, Request.TRANSMIT
+_POWER_ON, _TRANSMIT, _SECURE = Request.POWER_ON, Request.TRANSMIT, Request.SECURE
 _XFR_BLOCK = int(MT.PC_to_RDR_XfrBlock)
 #: Errors that leave a chain in progress alone: the XfrBlock was not looked at.
 _KEEPS_CHAIN = frozenset({SlotError.CMD_SLOT_BUSY, SlotError.CMD_ABORTED})
@@ -172,6 +173,8 @@ class Reader:
     def __init__(self, config: ReaderConfig = ReaderConfig()) -> None:
         self._config = config
         self._descriptor = ClassDescriptor.from_config(config)
+        # PC_to_RDR_Secure is a command only when the descriptor announces a PIN pad (bPINSupport).
+        self._rules = _RULES_WITH_SECURE if config.pin_support else _RULES
         self._max_response = config.max_response_apdu_length
         self._slots = [Slot(i, config.max_payload, config.max_command_apdu_length) for i in range(config.slots)]
         self._events: list[Event] = []
@@ -379,12 +382,13 @@ class Reader:
     def time_extension(self, slot: int) -> None:
         """The adapter's timer fired: ask the host for more time (§6.2.6, bStatus 0x80).
 
-        Sent only for a pending XfrBlock: libccid's CmdPowerOn does not know time
-        extensions (see `config.TIME_EXTENSION_INTERVAL`).  bError is the BWT
-        multiplier, 1: libccid then waits its normal timeout again.
+        Sent only for a pending XfrBlock or Secure (libccid's CCID_Receive loops on
+        both): libccid's CmdPowerOn does not know time extensions (see
+        `config.TIME_EXTENSION_INTERVAL`).  bError is the BWT multiplier, 1: libccid
+        then waits its normal timeout again.
         """
         s = self._slot_arg(slot)
-        if s.request is not _TRANSMIT or s.aborting:
+        if s.request is None or s.request is _POWER_ON or s.aborting:
             return
         s.time_extensions += 1
         status = make_status(s.icc_status, CommandStatus.TIME_EXTENSION)
@@ -405,7 +409,7 @@ class Reader:
     # ------------------------------------------------------------ dispatching
     def _dispatch(self, header: Header, data: bytes) -> None:
         """Run the checks of the module docstring in their order, then the message's handler."""
-        rule = _RULES.get(header.message_type)
+        rule = self._rules.get(header.message_type)
         slots = self._slots
         if rule is None:  # 1
             slot = slots[header.slot] if header.slot < len(slots) else None
@@ -528,6 +532,21 @@ class Reader:
             return
         token = self._start(slot, _TRANSMIT, header)
         self._events.append(Transmit(slot.index, token, apdu))
+
+    # --- Secure (§6.1.11): the PIN pad ---
+    def _secure(self, slot: Slot, header: Header, data: bytes) -> None:
+        if header.level_parameter != 0:
+            # wLevelParameter 0: the structure begins and ends in this message (no chaining).
+            self._fail_command(slot, header, FieldOffset.W_LEVEL_PARAMETER)
+            return
+        try:
+            request = parse_secure(data)
+        except SecureError as e:
+            self._fail_command(slot, header, e.offset)
+            return
+        slot.drop_chain()
+        token = self._start(slot, _SECURE, header)
+        self._events.append(Secure(slot.index, token, request))
 
     # --- Abort (§5.3.1, §6.1.13) ---
     #
@@ -670,3 +689,7 @@ _RULES: dict[int, _Rule] = {rule.message_type: rule for rule in (
     _Rule(MT.PC_to_RDR_SetDataRateAndClockFrequency, Reader._set_data_rate_and_clock_frequency, length=8),
 )}
 assert set(_RULES) == set(RESPONSE_TYPE)
+#: With a PIN pad: offsets 7 (bBWI) any, 8-9 (wLevelParameter) 0 = the whole structure in one message,
+#: checked by the handler.
+_RULES_WITH_SECURE = dict(_RULES) | {MT.PC_to_RDR_Secure: _Rule(MT.PC_to_RDR_Secure, Reader._secure, length=None,
+                                                               fields=(), need=_Need.ACTIVE_CARD)}

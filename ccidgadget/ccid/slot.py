@@ -42,6 +42,7 @@ class Request(enum.Enum):
 
     POWER_ON = "power-on"
     TRANSMIT = "transmit"
+    SECURE = "secure"  # PC_to_RDR_Secure: the board collects a PIN, then the card answers
 
 
 class ChainError(Exception):

@@ -25,9 +25,12 @@ from typing import Callable
 
 from .. import __version__
 from ..cards.base import Card, EmulatedCard
+from ..cards.presence import NO_PRESENCE
 from ..ccid import ReaderConfig
 from ..engines import CardContext, EngineError, build_card
 from ..options import ENGINES, DaemonOptions, SlotSpec
+from ..presence.config import BoardConfig
+from ..presence.service import BoardService
 from ..usb.device import UsbDevice
 from ..usb.gadget import GadgetError
 from .config import ConfigError
@@ -65,6 +68,8 @@ class Daemon:
         self.device_factory = device_factory
         self.device: UsbDevice | None = None
         self.service: ReaderService | None = None
+        #: the buttons, keypad and LED (presence/service.py)
+        self.board: BoardService | None = None
         self.control: ControlServer | None = None
         self.started_at = time.time()
         self.usb_state = "starting"
@@ -91,6 +96,8 @@ class Daemon:
             spec = self.options.slots[status.slot] if status.slot < len(self.options.slots) else None
             if spec is not None and spec.card_type is not None:
                 info.setdefault("type", spec.type)
+            if self.board is not None:
+                info["waiting"] = self.board.waiting(status.slot)
             slots.append(info)
         return {
             "version": __version__,
@@ -109,6 +116,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "reloads": self.reloads,
             "slots": slots,
+            "presence": self.board.describe() if self.board else None,
         }
 
     def engine_of(self, slot: int) -> str | None:
@@ -162,6 +170,25 @@ class Daemon:
     def insert(self, slot: int) -> dict:
         return self._presence(slot, True)
 
+    # confirm / deny / pin: the board's people-facing verbs (presence/service.py)
+    def _board_call(self, name: str, *args, **kw) -> dict:
+        if self.board is None:
+            raise ControlError("the reader is not running yet")
+        try:
+            return getattr(self.board, name)(*args, **kw)
+        except (LookupError, ValueError) as e:
+            raise ControlError(str(e.args[0] if e.args else e)) from None
+
+    def confirm(self, slot: int, by: str = "the control socket") -> dict:
+        return self._board_call("confirm", slot, by)
+
+    def deny(self, slot: int, by: str = "the control socket") -> dict:
+        return self._board_call("deny", slot, by)
+
+    def pin(self, slot: int, current: str | None, new: str | None, cancel: bool = False,
+            by: str = "the control socket") -> dict:
+        return self._board_call("pin", slot, current, new, cancel=cancel, by=by)
+
     def remove(self, slot: int) -> dict:
         return self._presence(slot, False)
 
@@ -197,6 +224,8 @@ class Daemon:
             set_level(p.log_level)
         if p.control_group_changed and self.control is not None:
             self.control.apply_permissions(p.options.control_group)
+        if p.board_changed:
+            await self._restart_board(p.options.board)
         if p.reenumerate:
             await self._reenumerate(p.options)
             message = (f"re-enumerated: {', '.join(p.reenumerate)} changed, which the host only learns by "
@@ -220,6 +249,8 @@ class Daemon:
         except EngineError as e:
             raise ControlError(f"slot {slot} not replaced: cannot build its {spec.engine} card: {e}") from None
         card.add_presence_listener(lambda present: self._notify_status())
+        if self.board is not None:
+            self.board.attach(slot, card)
         try:
             await self.service.replace_card(slot, card)
         except Exception as e:
@@ -234,6 +265,37 @@ class Daemon:
             self.options = self.options.copy()
             self.options.slots = slots
         log.info("slot %d: now %s", slot, spec.label, extra={"slot": slot, "event": "replace"})
+
+    async def _restart_board(self, board: BoardConfig) -> None:
+        """New buttons/LED/timeouts without re-enumerating: open waits are refused, cards get the new presence.
+
+        The old sources are released first (a GPIO line or a grabbed input device has one user at a time);
+        if the new ones cannot be opened the old configuration comes back and the reload says why.
+        """
+        old = self.board
+        if old is not None:
+            self.service.cancel_listeners.remove(old.cancel)
+            old.stop()
+        self.board = BoardService(board, len(self.service.cards))
+        try:
+            await self.board.start()
+        except OSError as e:
+            self.board = BoardService(old.config if old else BoardConfig(), len(self.service.cards))
+            try:
+                await self.board.start()
+            except OSError:
+                self.board = BoardService(BoardConfig(), len(self.service.cards))
+            self._hook_board(self.service.cards)
+            raise ControlError(f"the [presence] configuration was NOT applied: {e}") from None
+        self._hook_board(self.service.cards)
+
+    def _hook_board(self, cards: list[Card]) -> None:
+        for slot, card in enumerate(cards):
+            if isinstance(card, EmulatedCard):
+                card.presence = NO_PRESENCE          # until attach() gives it its slot's, if it has one
+            self.board.attach(slot, card)
+        self.service.cancel_listeners.append(self.board.cancel)
+        self.service.pin_entry = self.board.pin_entry if self.board.pinpad is not None else None
 
     async def _reenumerate(self, new: DaemonOptions) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -326,10 +388,17 @@ class Daemon:
         self._wake.clear()
         self.state = "starting"
         cards = await self._build_cards(opts)
-        config = ReaderConfig(slots=len(cards))
-        if opts.max_message_length:
-            config = ReaderConfig(slots=len(cards), max_message_length=opts.max_message_length)
+        self.board = BoardService(opts.board, len(cards))
+        try:
+            await self.board.start()
+        except OSError as e:
+            for card in cards:
+                await card.stop()
+            raise EngineError(str(e)) from None
+        config = ReaderConfig(slots=len(cards), **self.board.reader_features(),
+                              **({"max_message_length": opts.max_message_length} if opts.max_message_length else {}))
         self.service = ReaderService(cards, config=config)
+        self._hook_board(cards)
         for card in cards:
             card.add_presence_listener(lambda present: self._notify_status())
         try:
@@ -364,6 +433,7 @@ class Daemon:
         finally:
             self.device = None
             await self.service.stop()
+            self.board.stop()
 
     @staticmethod
     def _detachable_reader(cards: list[Card]):

@@ -7,6 +7,7 @@ Layout (etc/ccidgadget.toml.example documents every key):
     [daemon]    state_dir, runtime_dir, log_level, control_group
     [[slot]]    engine and the engine's keys (the fields of options.SlotSpec), one table per slot, in slot order
     [[function]] kind = "acm" | "ncm" | "ecm" | "rndis", name, attributes: kernel functions sharing the gadget
+    [presence] [[presence.button]] [pinpad]   touch and PIN entry on the board (presence/config.py)
     [vault]     kdf_log2_n, kdf_r, kdf_p, device_secret, device_secret_path, tpm_tcti, migration_backup
                 (emulated cards' keys at rest; validated by cards/vault.py `options_from_table`)
 
@@ -30,6 +31,7 @@ from typing import Any
 from ..options import (CLI_KEYS, DAEMON_KEYS, DEFAULT_CONFIG_PATH, DEFAULT_RUNTIME_DIR, FUNCTION_KEYS, GADGET_KEYS,
                        OPTION_OF_KEY, DaemonOptions, Engine, Problem, SlotSpec, all_slot_keys, option_problems,
                        slot_keys)
+from ..presence import config as board_config
 from ..usb.gadget import ExtraFunction
 
 __all__ = ["CLI_KEYS", "DEFAULT_CONFIG_PATH", "ConfigError", "DaemonOptions", "load", "parse", "apply_cli",
@@ -187,7 +189,8 @@ class _Reader:
     # -- sections -------------------------------------------------------------
     def options(self, data: dict) -> DaemonOptions:
         opts = DaemonOptions(source=self.source)
-        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function", "vault"), "")
+        self.unknown_keys("the top level", data, ("gadget", "daemon", "slot", "function", "vault",
+                                                   "presence", "pinpad"), "")
         for section, keys, checkers in (("gadget", GADGET_KEYS, self._GADGET), ("daemon", DAEMON_KEYS, self._DAEMON)):
             table = self.table(section, data.get(section, {}))
             if table is None:
@@ -211,6 +214,9 @@ class _Reader:
             functions = self.array_of_tables("function", data["function"])
             if functions is not None:
                 opts.functions = [f for f in (self.function(i, t) for i, t in enumerate(functions)) if f]
+        opts.board, problems = board_config.parse(data.get("presence"), data.get("pinpad"), source=self.source,
+                                                  slot_count=len(opts.slots))
+        self.problems += problems
         # The rules on values: a value of the wrong type was not set, so it raises no second problem here.
         self.problems += [f"{self.source}: {p.key}: {p.message}" for p in _file_problems(opts)]
         if self.problems:

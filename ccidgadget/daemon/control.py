@@ -9,6 +9,10 @@ requests per connection, UTF-8 JSON objects, lines at most `MAX_LINE` bytes):
     -> {"verb": "insert", "slot": 0}          simulate inserting the card (emulated engines)
     -> {"verb": "remove", "slot": 0}          simulate pulling the card out (emulated engines)
     -> {"verb": "reload"}                     re-read the configuration file and apply it
+    -> {"verb": "confirm", "slot": 0}         a person confirms the touch slot 0 waits for
+    -> {"verb": "deny", "slot": 0}            refuse it (6982), or cancel slot 0's PIN entry (bError EF)
+    -> {"verb": "pin", "slot": 0, "current": "...", "new": "..."}   the PIN(s) slot 0's PIN pad entry
+                                              waits for (or "cancel": true); never logged
     -> {"verb": "ping"}                       {"ok": true, "result": {"version": "..."}}
     <- {"ok": false, "error": "what went wrong, for a human"}
 
@@ -61,6 +65,9 @@ class ControlTarget(Protocol):
     def insert(self, slot: int) -> dict: ...
     def remove(self, slot: int) -> dict: ...
     async def reload(self) -> dict: ...
+    def confirm(self, slot: int, by: str) -> dict: ...
+    def deny(self, slot: int, by: str) -> dict: ...
+    def pin(self, slot: int, current: str | None, new: str | None, cancel: bool, by: str) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -72,16 +79,29 @@ class Verb:
     int_args: tuple[str, ...]
     #: logged with the caller's credentials
     changes_state: bool
-    #: (target, request) -> result, or an awaitable of it
-    run: Callable[[ControlTarget, dict], Any]
+    #: (target, request, who) -> result, or an awaitable of it; `who` names the caller for the journal
+    run: Callable[[ControlTarget, dict, str], Any]
+
+
+def _pin(target: ControlTarget, request: dict, who: str) -> dict:
+    pins = {k: request.get(k) for k in ("current", "new")}
+    if any(v is not None and not isinstance(v, str) for v in pins.values()):
+        raise ControlError('pin: "current" and "new" must be strings')
+    cancel = request.get("cancel", False)
+    if not isinstance(cancel, bool):
+        raise ControlError('pin: "cancel" must be true or false')
+    return target.pin(request["slot"], pins["current"], pins["new"], cancel, who)
 
 
 VERBS: dict[str, Verb] = {v.name: v for v in (
-    Verb("status", (), False, lambda target, request: target.status()),
-    Verb("insert", ("slot",), True, lambda target, request: target.insert(request["slot"])),
-    Verb("remove", ("slot",), True, lambda target, request: target.remove(request["slot"])),
-    Verb("reload", (), True, lambda target, request: target.reload()),
-    Verb("ping", (), False, lambda target, request: {"version": __version__, "pid": os.getpid()}),
+    Verb("status", (), False, lambda target, request, who: target.status()),
+    Verb("insert", ("slot",), True, lambda target, request, who: target.insert(request["slot"])),
+    Verb("remove", ("slot",), True, lambda target, request, who: target.remove(request["slot"])),
+    Verb("reload", (), True, lambda target, request, who: target.reload()),
+    Verb("ping", (), False, lambda target, request, who: {"version": __version__, "pid": os.getpid()}),
+    Verb("confirm", ("slot",), True, lambda target, request, who: target.confirm(request["slot"], who)),
+    Verb("deny", ("slot",), True, lambda target, request, who: target.deny(request["slot"], who)),
+    Verb("pin", ("slot",), True, _pin),              # the PINs themselves are never logged
 )}
 
 
@@ -185,7 +205,7 @@ class ControlServer:
             log.info("control: %s%s by %s", verb.name, "".join(f" {a} {request[a]}" for a in verb.int_args), peer,
                      extra={"event": f"control-{verb.name}"})
         try:
-            result = verb.run(self.target, request)
+            result = verb.run(self.target, request, f"the control socket ({peer})")
             if inspect.isawaitable(result):
                 result = await result
             return {"ok": True, "result": result}

@@ -6,6 +6,8 @@
   with the new configuration (`reenumerate` names what changed).
 - Otherwise every slot whose spec changed has its engine swapped in place while the host stays connected
   (`replace`); an emulated slot also when the state directory moved.
+- A change of [presence] (buttons, LED, timeouts) restarts the presence sources in place; [pinpad] is in
+  the descriptor (bPINSupport), so it re-enumerates.
 - The log level and the control socket's group apply at once; the runtime directory (FunctionFS mount and
   control socket) stays until the next restart (`notes` say so).
 """
@@ -27,6 +29,8 @@ class ReloadPlan:
     replace: tuple[int, ...]
     log_level: str | None = None             # set when it changed
     control_group_changed: bool = False
+    #: [presence] changed (in place: the presence sources restart, cards get their new presence)
+    board_changed: bool = False
     notes: tuple[str, ...] = ()
 
     @property
@@ -49,9 +53,12 @@ def plan(old: DaemonOptions, new: DaemonOptions) -> ReloadPlan:
     old_key, new_key = old.gadget_key(), new.gadget_key()
     reenumerate = tuple(name for name in new_key if old_key[name] != new_key[name])
     replace: tuple[int, ...] = ()
+    board_changed = not reenumerate and new.board != old.board
+    if board_changed:
+        notes.append("presence sources restarted")
     if not reenumerate:
         state_dir_moved = new.state_dir != old.state_dir
         replace = tuple(slot for slot, (a, b) in enumerate(zip(old.slots, new.slots))
                         if a != b or (state_dir_moved and b.engine is Engine.EMULATED))
     return ReloadPlan(options=new, reenumerate=reenumerate, replace=replace, log_level=log_level,
-                      control_group_changed=group_changed, notes=tuple(notes))
+                      control_group_changed=group_changed, board_changed=board_changed, notes=tuple(notes))

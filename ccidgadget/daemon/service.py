@@ -24,8 +24,9 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from ..cards.base import Card, CardAbsent, CardError, CardHardwareError, CardMute
 from ..ccid import (TIME_EXTENSION_INTERVAL, BulkIn, Cancel, InterruptPending, PowerOff, PowerOn, Reader,
-                    ReaderConfig, SlotError, Transmit)
+                    ReaderConfig, Secure, SlotError, Transmit)
 from ..ccid.descriptor import ClassDescriptor
+from ..ccid.secure import PinRequest
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,10 @@ class ReaderService:
         self.stats = [SlotStats() for _ in cards]
         self._requests = _Requests(time_extension_interval, self._time_extension)
         self._listeners = [lambda present, slot=slot: self._presence(slot, present) for slot in range(len(cards))]
+        #: Told the slot whenever the host drops a command (Abort, bus reset, removal): frees a touch wait.
+        self.cancel_listeners: list[Callable[[int], None]] = []
+        #: PC_to_RDR_Secure: collects the PIN(s) (current, new) for a request (presence/pinpad.py).
+        self.pin_entry: Callable[[int, PinRequest], Awaitable[tuple[str | None, str | None]]] | None = None
 
     @property
     def descriptor(self) -> ClassDescriptor:
@@ -257,8 +262,12 @@ class ReaderService:
             self._start(event.slot, event.token, lambda slot=event.slot: self._power_on(slot))
         elif isinstance(event, PowerOff):
             asyncio.get_running_loop().create_task(self._power_off(event.slot))
+        elif isinstance(event, Secure):
+            self._start(event.slot, event.token, lambda e=event: self._secure(e.slot, e.request))
         elif isinstance(event, Cancel):
             self._requests.end(event.token, cancel=True)
+            for listener in self.cancel_listeners:
+                listener(event.slot)
 
     def _start(self, slot: int, token: int, work: Callable[[], Awaitable[bytes]]) -> None:
         # `work` makes the coroutine only when the task runs, so a request
@@ -302,6 +311,13 @@ class ReaderService:
             raise CardMute(f"engine returned a {len(rapdu)}-byte response")
         return rapdu
 
+    async def _secure(self, slot: int, request: PinRequest) -> bytes:
+        # §6.1.11: the PIN comes from the board, the APDU is built as the host's structure says.
+        if self.pin_entry is None:
+            raise CardHardwareError("PC_to_RDR_Secure without a PIN pad")
+        current, new = await self.pin_entry(slot, request)
+        return await self._transmit(slot, request.build_apdu(current, new))
+
     async def _power_off(self, slot: int) -> None:
         try:
             await self.cards[slot].power_off()
@@ -334,7 +350,12 @@ class ReaderService:
         stats.last_error = f"{type(error).__name__}: {error}"
         stats.last_error_at = time.time()
         log.info("slot %d: %s", slot, stats.last_error, extra={"slot": slot, "event": "card-error"})
-        code = SlotError.HW_ERROR if isinstance(error, CardHardwareError) else SlotError.ICC_MUTE
+        if error.slot_error is not None:     # e.g. PIN entry cancelled (0xEF) or timed out (0xF0)
+            code = error.slot_error
+        elif isinstance(error, CardHardwareError):
+            code = SlotError.HW_ERROR
+        else:                               # absent and mute both look mute to the host
+            code = SlotError.ICC_MUTE
         if outstanding:
             # An engine that lost its card (client gone, card pulled) empties
             # the slot at once: the host sees the removal, not just a mute card.

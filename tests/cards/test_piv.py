@@ -456,7 +456,7 @@ def test_pin_policies(host, card):
     assert host.general_authenticate(0x11, 0x9C, b"")[1] == 0x6A80        # bad input keeps the grant
     assert host.general_authenticate(0x11, 0x9C, d)[1] == 0x9000
     host.verify()
-    assert host.general_authenticate(0x11, 0x82, d)[1] == 0x9000          # touch policy: no button
+    assert host.general_authenticate(0x11, 0x82, d)[1] == 0x6982          # touch ALWAYS, no button here
     meta = parse_dict(host.ok(0xF7, 0, 0x82))
     assert meta[0x02] == b"\x03\x02"
     meta = parse_dict(host.ok(0xF7, 0, 0x9E))

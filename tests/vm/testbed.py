@@ -605,6 +605,31 @@ def _finish(tree: Path, release: str, fl: Flavour | None = None, root_image: Pat
     return p
 
 
+def _gpio_sim():
+    import importlib.util
+    name = "ccidgadget_vm_gpio_sim"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("gpio_sim.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _extra_modules(p: Prepared) -> Prepared:
+    """gpio-sim.ko for tests/e2e/test_presence.py (tests/vm/gpio_sim.py); a failure is kept for that test to report."""
+    if p.flavour != DEFAULT_FLAVOUR:          # test_presence runs in the amd64 guest only
+        return p
+    debs = sorted((CACHE / "debs").glob(f"linux-image-{p.version}-unsigned_*.deb"))
+    try:
+        if not debs:
+            raise RuntimeError(f"the kernel package of {p.version} is not in {CACHE / 'debs'}")
+        _gpio_sim().build(CACHE, p.version, debs[-1], log=_log)
+    except RuntimeError as e:
+        _log(f"gpio-sim.ko not built (tests that need a simulated GPIO line will fail): {e}")
+    return p
+
+
 def _ensure_binfmt(fl: Flavour) -> None:
     rfs = rootfs()
     try:
@@ -641,7 +666,7 @@ def prepare(refresh: bool = False, flavour_name: str | None = None) -> Prepared:
             p = _from_state(fl)
             if p is not None and p.root_image == image:
                 # the init script may have changed since: rebuild the initramfs if so
-                return _finish(p.tree, p.version, fl, image)
+                return _extra_modules(_finish(p.tree, p.version, fl, image))
         try:
             if fl.root:
                 _ensure_binfmt(fl)
@@ -653,7 +678,7 @@ def prepare(refresh: bool = False, flavour_name: str | None = None) -> Prepared:
             raise
         deb = _download(pkg, fl)
         tree = _unpack(deb, release)
-        return _finish(tree, release, fl, image)
+        return _extra_modules(_finish(tree, release, fl, image))
 
 
 # --------------------------------------------------------------------------- run
@@ -682,6 +707,8 @@ def guest_env(env: Mapping[str, str | None] | None = None, prepared: Prepared | 
     if prepared is not None:
         out["CCIDGADGET_VM_MODULES"] = str(prepared.tree)
         out["CCIDGADGET_VM_KERNEL"] = prepared.version
+        gpio_sim = _gpio_sim()
+        out["CCIDGADGET_VM_GPIO_SIM"] = str(gpio_sim.module_path(CACHE, prepared.version))
     for k, v in (env or {}).items():
         if v is None:
             out.pop(k, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -47,7 +48,8 @@ from .constants import (APPLICATION_LABEL, DEFAULT_MANAGEMENT_ALGORITHM, DEFAULT
                         TAG_CHALLENGE, TAG_CONTROL_REFERENCE, TAG_DATA, TAG_DYNAMIC_AUTH, TAG_EXPONENTIATION,
                         TAG_META_ALGORITHM, TAG_META_IS_DEFAULT, TAG_META_ORIGIN, TAG_META_POLICY,
                         TAG_META_PUBLIC_KEY, TAG_META_RETRIES, TAG_PIN_POLICY, TAG_PUBLIC_KEY, TAG_RESPONSE,
-                        TAG_TAG_LIST, TAG_TOUCH_POLICY, TAG_WITNESS, TOUCH_POLICY, certificate_object_for,
+                        TAG_TAG_LIST, TAG_TOUCH_POLICY, TAG_WITNESS, TOUCH_CACHE_SECONDS, TOUCH_POLICY,
+                        certificate_object_for,
                         default_pin_policy, is_valid_object_id)
 from .state import ManagementKey, PivState, SlotKey, check_management_key
 
@@ -158,6 +160,17 @@ class PivApplet(StatefulApplet):
             return
         if not self.pin_verified:
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+
+    def _require_touch(self, policy: TOUCH_POLICY, what: str) -> None:
+        """Yubico touch policy: ask the card's presence (6982 on deny, timeout, abort or no button)."""
+        if policy in (TOUCH_POLICY.NEVER, TOUCH_POLICY.DEFAULT):
+            return
+        card = self.card
+        if policy == TOUCH_POLICY.CACHED and card.clock() - card.last_touch < TOUCH_CACHE_SECONDS:
+            return
+        if not card.presence.confirm(what):
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+        card.last_touch = card.clock()
 
     # -- VERIFY (SP 800-73-4 Part 2 §3.2.1) ----------------------------------
     def verify(self, cmd: CommandAPDU) -> bytes:
@@ -341,6 +354,7 @@ class PivApplet(StatefulApplet):
                 raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
             if not hmac.compare_digest(t[TAG_WITNESS], pending[1]):
                 raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+            self._require_touch(mgmt.touch_policy, "PIV management key authentication")
             self._authenticated(mgmt)
             return tlv(TAG_DYNAMIC_AUTH, tlv(TAG_RESPONSE, _encrypt(mgmt, t[TAG_CHALLENGE])))
         if keys == {TAG_RESPONSE} and t[TAG_RESPONSE]:
@@ -351,6 +365,7 @@ class PivApplet(StatefulApplet):
                 raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
             if not hmac.compare_digest(t[TAG_RESPONSE], _encrypt(mgmt, pending[1])):
                 raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
+            self._require_touch(mgmt.touch_policy, "PIV management key authentication")
             self._authenticated(mgmt)
             return b""
         raise ApduError(SW.WRONG_DATA)
@@ -377,6 +392,7 @@ class PivApplet(StatefulApplet):
         kind = self._operation_kind(entry.key, has_challenge, data)
         self._require_pin_policy(entry.pin_policy)
         key = self._open(lambda: entry.private(self.state.vault, self.card.session))
+        self._require_touch(entry.touch_policy, f"PIV slot {slot:02X} {_OPERATION_NAMES[kind]}")
         try:
             if kind == "rsa":
                 result = key.sign_raw_rsa(data)
@@ -648,12 +664,20 @@ class PivApplet(StatefulApplet):
     }
 
 
+#: For the journal and `status`: what a touch is asked for.
+_OPERATION_NAMES = {"rsa": "RSA private key operation", "ecdsa": "ECDSA signature", "ed25519": "Ed25519 signature",
+                    "ecdh": "ECDH key agreement", "x25519": "X25519 key agreement"}
+
+
 class PivCard(VaultCardMixin, AppletCard):
     """An emulated PIV card whose state lives in a `CardStore` directory."""
 
     # Reads of in-memory state; VERIFY (scrypt), crypto and writes go to the worker thread.
     QUICK_INS = frozenset({INS.SELECT, INS.GET_DATA, INS.GET_RESPONSE, INS.GET_VERSION, INS.GET_SERIAL,
                            INS.GET_METADATA})
+
+    #: Monotonic clock for the CACHED touch policy (tests replace it).
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, store: CardStore, state: PivState, *, inserted: bool = True,
                  options: VaultOptions = DEFAULT_OPTIONS) -> None:
@@ -662,6 +686,8 @@ class PivCard(VaultCardMixin, AppletCard):
         self.options = options
         #: The unlocked data key while the PIN is verified (vault.VaultSession), else None.
         self.session = None
+        #: When a person last confirmed an operation (CACHED touch policy); not cleared by a reset.
+        self.last_touch = float("-inf")
         self.applet = PivApplet(self)
         super().__init__([self.applet], inserted=inserted)
         self._warn_defaults()

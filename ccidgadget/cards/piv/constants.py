@@ -164,12 +164,19 @@ class PIN_POLICY(enum.IntEnum):
 
 
 class TOUCH_POLICY(enum.IntEnum):
-    """Yubico touch policy (tag AB).  Stored and reported; the board has no button (never enforced)."""
+    """Yubico touch policy (tag AB), enforced through the card's `UserPresence` (docs/presence.md).
+
+    CACHED: a touch counts for `TOUCH_CACHE_SECONDS` after it, as on a YubiKey.
+    """
 
     DEFAULT = 0x00
     NEVER = 0x01
     ALWAYS = 0x02
     CACHED = 0x03
+
+
+#: How long a touch satisfies a CACHED key (YubiKey: 15 s, yubikit piv.TOUCH_POLICY.CACHED).
+TOUCH_CACHE_SECONDS = 15.0
 
 
 def default_pin_policy(slot: int) -> PIN_POLICY:
