@@ -56,11 +56,14 @@ def through_gpg(n: int) -> int:
         daemon = e2e.DaemonProcess(["--card", "emulated", "--type", "openpgp", "--state-dir", str(tmp / "state")],
                                    out / "ccidgadget.log")
         pcscd = e2e.PcscdProcess(out / "pcscd.log")
-        g = GnuPG(tmp / "gnupg", scdaemon_options=("disable-ccid",), log_dir=out)
+        g = None
         try:
             daemon.wait_bound(60)
             pcscd.restart()
-            e2e.find_reader(lambda name: "ccidgadget" in name, timeout=60)
+            reader = str(e2e.find_reader(lambda name: "ccidgadget" in name, timeout=60))
+            # scdaemon over PC/SC takes the first reader pcscd lists (vsmartcard-vpcd's empty
+            # "Virtual PCD 00 00" where that is installed) unless reader-port names ours
+            g = GnuPG(tmp / "gnupg", scdaemon_options=("disable-ccid", f"reader-port {reader}"), log_dir=out)
             deadline = time.monotonic() + 60
             while g.gpg("--card-status", check=False).returncode != 0:
                 if time.monotonic() > deadline:
@@ -84,7 +87,8 @@ def through_gpg(n: int) -> int:
                       f"(n={n}, min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms); "
                       f"card-edit generate {gen:.1f} s", flush=True)
         finally:
-            g.kill()
+            if g is not None:
+                g.kill()
             pcscd.stop()
             daemon.stop()
     return 0
