@@ -29,7 +29,7 @@ from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError
 log = logging.getLogger("ccidgadget")
 
 #: Verbs that are not the daemon itself.
-VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup")
+VERBS = ("card", "vpcd-card", "vscard-card", "status", "insert", "remove", "reload", "check-config", "cleanup")
 
 #: Exit status for a configuration or usage error (argparse uses it too).
 EXIT_CONFIG = 2
@@ -79,7 +79,8 @@ def daemon_parser() -> argparse.ArgumentParser:
                     "Settings come from the configuration file; options given here override it.",
         epilog="Other commands: 'ccidgadget status|insert|remove|reload|check-config|cleanup --help' "
                "(the running daemon, see docs/service.md), 'ccidgadget card --help' (provision emulated cards), "
-               "'ccidgadget vpcd-card --help' (serve an emulated card to a local pcscd through vsmartcard's vpcd).",
+               "'ccidgadget vpcd-card --help' (serve an emulated card to a local pcscd through vsmartcard's vpcd), "
+               "'ccidgadget vscard-card --help' (put a card into a QEMU guest's usb-ccid through ccid-card-passthru).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--version", action="version", version=f"ccidgadget {__version__}")
@@ -331,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "vpcd-card":
         from .frontends.vpcd_client import main_vpcd_card
         return main_vpcd_card(argv[1:])
+    if argv and argv[0] == "vscard-card":
+        from .frontends.vscard_client import main_vscard_card
+        return main_vscard_card(argv[1:])
     if argv and argv[0] in ("status", "insert", "remove", "reload"):
         return run_client_verb(argv[0], argv[1:])
     if argv and argv[0] == "check-config":
