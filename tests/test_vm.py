@@ -12,6 +12,13 @@ A module that sets ``VM_INIT = "systemd"`` gets a guest with systemd as PID 1
 (``testbed.run(..., init="systemd")``, tests/vm/systemd_guest.py): its pytest
 then runs as a service of that systemd.
 
+A module that sets ``VM_HOST = "name"`` needs this machine as well as the guest
+(tests/e2e/test_qemu_vscard.py: QEMU's own usb-ccid fed from here): the file
+tests/e2e/<name>.py gives ``qemu_args(out_dir)``, devices added to the guest,
+and ``host_command(out_dir)``, a process run here while the guest runs
+(``testbed.run(..., qemu_args=, host_command=)``; its output is host.log in the
+results).  Such a module always runs in a guest, also where dummy_hcd exists.
+
 If the test bed cannot run here (no QEMU, no kernel package), the tests are
 skipped with the reason, or fail when ``CI=true``.
 
@@ -115,12 +122,27 @@ def _guest_init(module: str) -> str:
     return m.group(1) if m else "busybox"
 
 
+def _host_side(module: str):
+    """The module's ``VM_HOST = "name"``: tests/e2e/<name>.py, loaded (or None)."""
+    m = re.search(r"""^VM_HOST\s*=\s*["'](\w+)["']""", (E2E_DIR / module).read_text(), re.M)
+    if not m:
+        return None
+    name = f"ccidgadget_vm_host_{m.group(1)}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, E2E_DIR / f"{m.group(1)}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 @pytest.mark.parametrize("module", E2E_MODULES)
 def test_e2e(module, tmp_path, request):
     out = tmp_path / "out"
     out.mkdir()
     env = {"CCIDGADGET_E2E": "1"}
-    if _native_gadget_stack():
+    host = _host_side(module)
+    if _native_gadget_stack() and host is None:
         p = subprocess.run([sys.executable, *_pytest_args(module, str(out / "junit.xml"))], cwd=REPO,
                            env={**os.environ, **env, "CCIDGADGET_VM_OUT": str(out)},
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -136,8 +158,9 @@ def test_e2e(module, tmp_path, request):
     # the shell in the guest expands $CCIDGADGET_VM_OUT (the results share)
     args = _pytest_args(module, "JUNIT")
     command = shlex.join([sys.executable, *args]).replace("--junitxml=JUNIT", '--junitxml="$CCIDGADGET_VM_OUT/junit.xml"')
+    extra = {} if host is None else {"qemu_args": host.qemu_args(out), "host_command": host.host_command(out)}
     res = testbed.run(command, timeout=TIMEOUT, env=env, cwd=REPO, out_dir=out, prepared=prepared,
-                      init=_guest_init(module))
+                      init=_guest_init(module), **extra)
     if res.returncode != 0:
         where = _keep_artifacts(out, module)
         output = res.output
@@ -153,4 +176,7 @@ def test_e2e(module, tmp_path, request):
         msg += ["--- guest console (tail) ---", _tail(console, 60 if output.strip() else 150)]
         if res.qemu_stderr.strip():
             msg += ["--- qemu ---", res.qemu_stderr.strip()]
+        if host is not None:
+            host_log = (out / testbed.HOST_LOG_FILE).read_text(errors="replace") if (out / testbed.HOST_LOG_FILE).exists() else ""
+            msg += [f"--- host side (exit {res.host_returncode}, tail) ---", _tail(host_log, 40)]
         pytest.fail("\n".join(msg), pytrace=False)

@@ -24,7 +24,8 @@ Python API::
 CLI::
 
     python3 -m tests.vm.testbed prepare [--refresh]
-    python3 -m tests.vm.testbed run [--timeout S] [--cwd DIR] [--env K=V] -- CMD...
+    python3 -m tests.vm.testbed run [--timeout S] [--cwd DIR] [--env K=V] [--qemu-arg ARG]...
+                                    [--host-command CMD] -- CMD...
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ OUTPUT_FILE = "vm-output.log"
 PID1_FILE = "vm-pid1.sh"
 CONSOLE_FILE = "console.log"
 QEMU_LOG_FILE = "qemu.log"
+#: output of run(host_command=...), the process that runs on this machine beside the guest
+HOST_LOG_FILE = "host.log"
 
 #: host environment variables passed into the guest (if set). Not PYTHONDONTWRITEBYTECODE:
 #: in the guest .pyc files go to the tmpfs overlay, and compiling is slow under TCG.
@@ -114,6 +117,7 @@ class VMResult:
     timed_out: bool = False
     qemu_returncode: int | None = None
     qemu_stderr: str = ""
+    host_returncode: int | None = None  #: exit status of ``run(host_command=...)``
 
     @property
     def ok(self) -> bool:
@@ -572,7 +576,8 @@ def hidden_host_paths() -> list[Path]:
     return out
 
 
-def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2) -> list[str]:
+def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2,
+                 extra_args: Sequence[str] = ()) -> list[str]:
     shares = hidden_host_paths()
     append = " ".join([
         "console=ttyS0,115200", "panic=-1", "loglevel=4", "mitigations=off", "rdinit=/init",
@@ -589,6 +594,7 @@ def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: 
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none,multidevs=remap",
         *extra,
+        *extra_args,
     ]
 
 
@@ -604,6 +610,8 @@ def run(
     stream: IO[str] | None = None,
     prepared: Prepared | None = None,
     init: str = "busybox",
+    qemu_args: Sequence[str] = (),
+    host_command: Sequence[str] | None = None,
 ) -> VMResult:
     """Boot the guest, run ``command`` (shell string or argv) in ``cwd`` and power off.
 
@@ -614,6 +622,12 @@ def run(
     seconds (``VMResult.timed_out``). ``init="systemd"`` boots systemd as PID 1 and runs the
     command as a service of it (tests/vm/systemd_guest.py); the default runs it from the
     initramfs' busybox init.
+
+    ``qemu_args`` are added to QEMU's command line (devices, chardevs). ``host_command`` (argv)
+    runs on this machine while the guest runs: it starts once QEMU has (so QEMU's server sockets
+    exist), with ``CCIDGADGET_VM_OUT`` set to the results directory and its output in
+    ``host.log`` there; it is sent SIGTERM when the guest is done (SIGKILL 10 s later) and its
+    exit status is ``VMResult.host_returncode``.
     """
     if init not in ("busybox", "systemd"):
         raise ValueError(f"init must be 'busybox' or 'systemd', not {init!r}")
@@ -626,19 +640,25 @@ def run(
     else:
         out = Path(out_dir).resolve()
         out.mkdir(parents=True, exist_ok=True)
-    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE, PID1_FILE):
+    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE, PID1_FILE, HOST_LOG_FILE):
         (out / name).unlink(missing_ok=True)
     (out / JOB_FILE).write_text(_job_script(command, cwd, guest_env(env, prepared)))
     if init == "systemd":
         (out / PID1_FILE).write_text(_systemd_guest().pid1_script(out=GUEST_OUT, job=JOB_FILE))
     (out / CONSOLE_FILE).touch()
 
-    cmd = qemu_command(prepared, out, memory=memory, smp=smp)
+    cmd = qemu_command(prepared, out, memory=memory, smp=smp, extra_args=qemu_args)
     start = time.monotonic()
     timed_out = False
-    with open(out / QEMU_LOG_FILE, "w+") as qlog, open(out / CONSOLE_FILE, "rb") as con:
+    host: subprocess.Popen | None = None
+    with open(out / QEMU_LOG_FILE, "w+") as qlog, open(out / CONSOLE_FILE, "rb") as con, \
+            open(out / HOST_LOG_FILE, "wb") as hlog:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        if host_command is not None:
+            host = subprocess.Popen(list(host_command), stdin=subprocess.DEVNULL, stdout=hlog,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "CCIDGADGET_VM_OUT": str(out), "PYTHONUNBUFFERED": "1"})
         try:
             while True:
                 try:
@@ -655,6 +675,9 @@ def run(
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            if host is not None:
+                _kill(host, grace=10)
         if stream is not None:
             _pump(con, stream)
         qlog.seek(0)
@@ -665,7 +688,8 @@ def run(
         rc: int | None = int((out / STATUS_FILE).read_text().strip())
     except (OSError, ValueError):
         rc = None
-    return VMResult(rc, console, out, duration, timed_out, proc.returncode, qemu_stderr)
+    return VMResult(rc, console, out, duration, timed_out, proc.returncode, qemu_stderr,
+                    host.returncode if host is not None else None)
 
 
 def _systemd_guest():
@@ -687,12 +711,12 @@ def _pump(src: IO[bytes], dst: IO[str]) -> None:
         dst.flush()
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen, grace: float = 5) -> None:
     if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -719,6 +743,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--quiet", action="store_true", help="do not stream the console")
     p_run.add_argument("--init", choices=("busybox", "systemd"), default="busybox",
                        help="PID 1 of the guest: the initramfs' busybox (default) or systemd")
+    p_run.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                       help="one more QEMU argument (repeat: --qemu-arg=-device --qemu-arg=usb-ccid)")
+    p_run.add_argument("--host-command", metavar="CMD",
+                       help="shell command to run on this machine while the guest runs (output: host.log)")
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     try:
@@ -736,7 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     res = run(command[0] if len(command) == 1 else command, timeout=args.timeout, env=env, cwd=args.cwd,
               out_dir=args.out, memory=args.memory, smp=args.smp,
-              stream=None if args.quiet else sys.stdout, prepared=prepared, init=args.init)
+              stream=None if args.quiet else sys.stdout, prepared=prepared, init=args.init,
+              qemu_args=args.qemu_arg,
+              host_command=None if args.host_command is None else ["/bin/sh", "-c", args.host_command])
     if args.quiet:
         sys.stdout.write(res.output)
     print(f"[vm] {res.describe(tail=0).splitlines()[0]}", file=sys.stderr)
