@@ -27,10 +27,11 @@ def add_card_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup,
                        card_types: tuple[str, ...] = CARD_TYPES, *,
                        engines: tuple[str, ...] = ("emulated",),
                        state_dir: bool = True) -> None:
-    """--type, --name, --cert, --db, --pin-file, --db-password-file [, --card, --reader] [, --state-dir].
+    """--type, --name, --cert, --db, --pin-file, --db-password-file [, --card, --reader, --shared] [, --state-dir].
 
-    With more than one engine, `--card ENGINE` chooses (default the first)
-    and `--reader REGEX` names the PC/SC reader of `--card pcsc`.
+    With more than one engine, `--card ENGINE` chooses (default the first),
+    `--reader REGEX` names the PC/SC reader of `--card pcsc` and `--shared`
+    leaves that card to other applications too.
     """
     p.add_argument("--type", dest="card_type", choices=card_types, default=card_types[0],
                    help="card to emulate (default %(default)s)")
@@ -40,8 +41,11 @@ def add_card_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup,
                             "this machine (default %(default)s)")
         p.add_argument("--reader", metavar="REGEX",
                        help="pcsc: the PC/SC reader to relay (exact name, shell glob or substring)")
+        p.add_argument("--shared", dest="exclusive", action="store_false",
+                       help="pcsc: share the real card with other applications of this machine "
+                            "(default: exclusive while relayed)")
     else:
-        p.set_defaults(engine=engines[0], reader=None)
+        p.set_defaults(engine=engines[0], reader=None, exclusive=True)
     if state_dir:
         p.add_argument("--state-dir", type=Path, default=DEFAULT_USER_STATE_DIR,
                        help="where the emulated card keeps its state, in cards/NAME (default %(default)s)")
@@ -59,7 +63,7 @@ def card_spec(args: argparse.Namespace) -> SlotSpec:
     """The daemon's slot description of the card the options name."""
     return SlotSpec(engine=args.engine, type=args.card_type, name=args.name, certs=list(args.certs or ()),
                     db=args.db, pin_file=args.pin_file, db_password_file=args.db_password_file,
-                    reader=args.reader)
+                    reader=args.reader, exclusive=args.exclusive)
 
 
 def build_card_from_args(args: argparse.Namespace, prog: str, slot: int = 0) -> Card:

@@ -79,8 +79,13 @@ USB_CCID_MAX_RESPONSE = 374
 CardFactory = Callable[[argparse.Namespace, int], Card]
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT (a name, an IPv4 address or a [bracketed] IPv6 address; PORT 1..65535)."""
+def parse_address(text: str) -> tuple[str, int | None]:
+    """HOST:PORT (a name, an IPv4 address or a [bracketed] IPv6 address; PORT 1..65535), or
+    unix:PATH for a chardev on a unix socket (`-chardev socket,path=PATH,server=on`): (PATH, None)."""
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise argparse.ArgumentTypeError(f"{text!r}: unix: needs the socket's path")
+        return text[5:], None
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = text, str(VSCARD_DEFAULT_PORT)
@@ -90,8 +95,8 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def control_socket_path(host: str, port: int, base: Path | None = None) -> Path:
-    """Where the link to HOST:PORT listens for insert/remove/status.
+def control_socket_path(host: str, port: int | None, base: Path | None = None) -> Path:
+    """Where the link to HOST:PORT (or unix socket HOST, port None) listens for insert/remove/status.
 
     Under $XDG_RUNTIME_DIR/ccidgadget (the per-user runtime directory systemd
     makes, 0700), else under the state directory; one socket per address, so a
@@ -100,7 +105,12 @@ def control_socket_path(host: str, port: int, base: Path | None = None) -> Path:
     if base is None:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         base = Path(runtime) / "ccidgadget" if runtime and Path(runtime).is_dir() else DEFAULT_USER_STATE_DIR / "run"
-    return Path(base) / f"vscard-{re.sub(r'[^A-Za-z0-9.-]', '_', host)}-{port}.sock"
+    where = f"{host}-{port}" if port is not None else f"unix-{host}"
+    return Path(base) / f"vscard-{re.sub(r'[^A-Za-z0-9.-]', '_', where)}.sock"
+
+
+def address_text(host: str, port: int | None) -> str:
+    return f"{host}:{port}" if port is not None else f"unix:{host}"
 
 
 def host_atr(atr: bytes) -> bytes:
@@ -214,7 +224,7 @@ class LinkStatus:
 class Link:
     """One QEMU chardev at host:port and the card behind it."""
 
-    def __init__(self, card: Card, host: str, port: int, *, reader_name: str = "ccidgadget",
+    def __init__(self, card: Card, host: str, port: int | None, *, reader_name: str = "ccidgadget",
                  reconnect: bool = True, max_response: int = USB_CCID_MAX_RESPONSE,
                  min_delay: float = RECONNECT_MIN_DELAY, max_delay: float = RECONNECT_MAX_DELAY) -> None:
         self.card = card
@@ -224,7 +234,7 @@ class Link:
         self.reconnect = reconnect
         self.min_delay = min_delay
         self.max_delay = max_delay
-        self.name = f"vscard {host}:{port}"
+        self.name = f"vscard {address_text(host, port)}"
         self.fitter = ResponseFitter(max_response)
         self.client: VSCardClient | None = None
         self.connections = 0
@@ -240,7 +250,7 @@ class Link:
     # -- what the control socket and the logs see ---------------------------------------
     def status(self) -> LinkStatus:
         c = self.client
-        return LinkStatus(f"{self.host}:{self.port}", c.state.value if c else "disconnected", self.card.present,
+        return LinkStatus(address_text(self.host, self.port), c.state.value if c else "disconnected", self.card.present,
                           bool(c and c.card_inserted), self.connections, self.apdus, self.largest_response,
                           self.errors, self.last_error)
 
@@ -262,7 +272,10 @@ class Link:
         try:
             while True:
                 try:
-                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    if self.port is None:
+                        reader, writer = await asyncio.open_unix_connection(self.host)
+                    else:
+                        reader, writer = await asyncio.open_connection(self.host, self.port)
                 except OSError as e:
                     if not self.reconnect:
                         raise
@@ -289,7 +302,7 @@ class Link:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[str, bool]:
         """One connection: (why it ended, whether QEMU took our reader)."""
         sock = writer.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.connections += 1
@@ -520,7 +533,8 @@ def _link_parser(prog: str, *, add_help: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, add_help=add_help, description=_DESCRIPTION, epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connect", metavar="HOST:PORT", type=parse_address, required=True,
-                   help="QEMU's chardev socket (e.g. 127.0.0.1:2001); repeat for more cards")
+                   help="QEMU's chardev socket: 127.0.0.1:2001, or unix:PATH for -chardev socket,path=PATH; "
+                        "repeat for more cards")
     add_card_arguments(p, engines=("emulated", "pcsc"))
     p.add_argument("--reader-name", default=None,
                    help="name sent with VSC_ReaderAdd (QEMU ignores it; default 'ccidgadget TYPE')")
@@ -571,7 +585,7 @@ def parse_links(argv: Sequence[str], prog: str = "ccidgadget vscard-card") -> li
              full.parse_args(seg[:1] + head + seg[1:]) for seg in segments]
     seen: set[tuple[str, int]] = set()
     for ns in links:
-        where = f"--connect {ns.connect[0]}:{ns.connect[1]}"
+        where = f"--connect {address_text(*ns.connect)}"
         if ns.connect in seen:
             full.error(f"{where} given twice")
         seen.add(ns.connect)
@@ -602,7 +616,7 @@ def _run_verb(links: list[argparse.Namespace]) -> int:
     status = 0
     for ns in links:
         path = _control_path(ns)
-        where = f"{ns.connect[0]}:{ns.connect[1]}"
+        where = address_text(*ns.connect)
         try:
             result = call(path, ns.verb, **({} if ns.verb == "status" else {"slot": 0}), timeout=10)
         except ControlError as e:

@@ -50,6 +50,10 @@ class FakeQemu:
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
+    async def start_unix(self, path: Path) -> "FakeQemu":
+        self.server = await asyncio.start_unix_server(self._conn, str(path))
+        return self
+
     async def stop(self) -> None:
         self.server.close()
         if self.writer is not None:
@@ -241,6 +245,25 @@ def test_silent_chardev_is_reported_once(caplog, monkeypatch):
     assert sum("has not answered our Init" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_unix_socket_chardev(tmp_path):
+    """-chardev socket,path=PATH,server=on: file permissions instead of an open TCP port."""
+    async def main():
+        path = tmp_path / "vm1-ccid.sock"
+        qemu = await FakeQemu().start_unix(path)
+        card = IsoCard()
+        await card.start()
+        (ns,) = parse_links(["--connect", f"unix:{path}", "--type", "iso"])
+        link = Link(card, *ns.connect, min_delay=0.01)
+        assert link.name == f"vscard unix:{path}"
+        task = asyncio.create_task(link.run())
+        await until(lambda: qemu.inserted)
+        assert (await qemu.transmit(SELECT_ISO))[-2:] == b"\x90\x00"
+        await unlink(task)
+        await qemu.stop()
+    run(main())
+    assert control_socket_path(str(tmp_path / "vm1-ccid.sock"), None).name.startswith("vscard-unix-")
+
+
 def test_with_our_own_vscard_server_engine():
     """The two halves of the shared codec: `--card passthru` (server) takes a card from vscard-card."""
     async def main():
@@ -316,6 +339,7 @@ def test_parse_links():
     ([], "--connect"),
     (["--type", "piv"], "--connect"),
     (["--connect", "h:99999"], "port must be"),
+    (["--connect", "unix:"], "needs the socket's path"),
     (["--connect", "h:1", "--connect", "h:1"], "given twice"),
     (["--connect", "h:1", "--card", "pcsc"], "needs --reader"),
     (["--connect", "h:1", "--max-response", "2"], "at least 3"),
