@@ -51,6 +51,8 @@ def main() -> int:
         if not result.ok:
             print(result.describe(tail=40), file=sys.stderr)
             rc |= 1
+    print("\n## QEMU's own usb-ccid in the guest: libcacard's ccid-card-emulated vs vscard-card", flush=True)
+    rc |= run([sys.executable, str(SCRIPTS / "bench_qemu_ccid.py")])
     return rc
 
 

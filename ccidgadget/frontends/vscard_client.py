@@ -316,7 +316,15 @@ class Link:
         silent = asyncio.get_running_loop().call_later(INIT_WAIT, self._init_unanswered, client)
         try:
             writer.write(client.initiate())
+            quickack = sock is not None and sock.family != socket.AF_UNIX and hasattr(socket, "TCP_QUICKACK")
             while True:
+                if quickack:
+                    # QEMU writes a message's header and payload with two writes on a socket that
+                    # has Nagle on (unless the chardev says nodelay=on): the payload waits for our
+                    # ACK of the header, which Linux delays up to 40 ms.  Quick ACKs are not
+                    # sticky, so ask again before every read.
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
                 data = await reader.read(65536)
                 if not data:
                     return "QEMU closed the connection", client.reader_id != vscard.VSCARD_UNDEFINED_READER_ID
