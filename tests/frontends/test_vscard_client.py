@@ -354,7 +354,7 @@ def test_parse_links_errors(argv, why, capsys):
 
 
 def test_cac_without_certificates_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="vscard-card: a CAC card needs exactly three --cert"):
+    with pytest.raises(SystemExit, match=r"vscard-card: .*a CAC card needs exactly (three|3)"):
         run_vscard_card(["--connect", "127.0.0.1:1", "--type", "cac", "--state-dir", str(tmp_path)])
 
 
