@@ -373,22 +373,23 @@ def ext4_image(root: Path, dest: Path) -> Path:
 ARM64_INCLUDE = ("python3", "python3-venv", "python3-cffi-backend", "python3-cryptography", "python3-pyscard",
                  "busybox-static", "kmod", "iproute2", "ca-certificates")
 ARM64_PACKAGES = ("pcscd", "libccid", "opensc", "pcsc-tools", "yubico-piv-tool", "openssl", "openssh-client",
-                  "libnss3-tools", "usbutils", "libaio1", "python3-systemd", "procps")
+                  "libnss3-tools", "usbutils", "libaio1", "python3-systemd", "python3-evdev", "procps")
 #: the 32-bit ARM chroot for the unit suites: Debian's python3-cryptography (38.0.4, what Raspberry Pi
 #: OS has on 32-bit ARM, where PyPI has no wheel), pyscard and systemd from Debian too; busybox, kmod,
 #: iproute2 and usbutils make it bootable as the armhf guest's root as well (testbed flavour armhf)
 ARMHF_INCLUDE = ("python3", "python3-venv", "python3-cffi-backend", "python3-cryptography", "python3-pyscard",
                  "ca-certificates", "busybox-static", "kmod", "iproute2")
-ARMHF_PACKAGES = ("python3-systemd", "libaio1", "pcscd", "libccid", "opensc", "pcsc-tools", "vsmartcard-vpcd",
+ARMHF_PACKAGES = ("python3-systemd", "python3-evdev", "libaio1", "pcscd", "libccid", "opensc", "pcsc-tools", "vsmartcard-vpcd",
                   "yubico-piv-tool", "libnss3-tools", "openssl", "openssh-client", "systemd", "procps", "usbutils")
 
 ROOT_SPECS = {
     "arm64": Spec("arm64", include=ARM64_INCLUDE, packages=ARM64_PACKAGES,
-                  # Debian's python3-systemd and python3-pyscard (the guest's host side uses them too);
+                  # Debian's python3-systemd and python3-pyscard (the guest's host side uses them too)
+                  # and python3-evdev (PyPI has no evdev wheels, only a C source that needs a compiler);
                   # cryptography from PyPI, as `make install` gets it on a 64-bit Pi
-                  requirements=python_requirements(drop=("systemd-python", "pyscard"))),
+                  requirements=python_requirements(drop=("systemd-python", "pyscard", "evdev"))),
     "armhf": Spec("armhf", include=ARMHF_INCLUDE, packages=ARMHF_PACKAGES,
-                  requirements=python_requirements(drop=("systemd-python", "cryptography", "pyscard"))),
+                  requirements=python_requirements(drop=("systemd-python", "cryptography", "pyscard", "evdev"))),
 }
 
 
