@@ -32,8 +32,8 @@ from .usb.gadget import DEFAULT_PRESET, PRESETS, GadgetError
 log = logging.getLogger("ccidgadget")
 
 #: Verbs that are not the daemon itself.
-VERBS = ("card", "vpcd-card", "status", "insert", "remove", "reload", "check-config", "cleanup", "doctor", "confirm",
-         "deny", "pin")
+VERBS = ("card", "vpcd-card", "vscard-card", "status", "insert", "remove", "reload", "check-config", "cleanup",
+         "doctor", "confirm", "deny", "pin")
 
 #: Exit status for a configuration or usage error (argparse uses it too).
 EXIT_CONFIG = 2
@@ -83,9 +83,11 @@ def daemon_parser() -> argparse.ArgumentParser:
         description="Run a USB CCID smart-card reader with card(s) inside on this board's USB device port. "
                     "Settings come from the configuration file; options given here override it.",
         epilog="Other commands: 'ccidgadget status|insert|remove|reload|check-config|cleanup --help' "
-               "(the running daemon, see docs/service.md), 'ccidgadget card --help' (provision emulated cards), "
+               "(the running daemon, see docs/service.md), 'ccidgadget confirm|deny|pin SLOT' (touch and PIN "
+               "entry on the board, docs/presence.md), 'ccidgadget card --help' (provision emulated cards), "
                "'ccidgadget vpcd-card --help' (serve an emulated card to a local pcscd through vsmartcard's vpcd), "
-               "'ccidgadget doctor' (check the board's set-up, with the fix for each problem).",
+               "'ccidgadget vscard-card --help' (put a card into a QEMU guest's usb-ccid through "
+               "ccid-card-passthru), 'ccidgadget doctor' (check the board's set-up, with the fix for each problem).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--version", action="version", version=f"ccidgadget {__version__}")
@@ -341,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "vpcd-card":
         from .frontends.vpcd_client import main_vpcd_card
         return main_vpcd_card(argv[1:])
+    if argv and argv[0] == "vscard-card":
+        from .frontends.vscard_client import main_vscard_card
+        return main_vscard_card(argv[1:])
     if argv and argv[0] in ("status", "insert", "remove", "reload"):
         return run_client_verb(argv[0], argv[1:])
     if argv and argv[0] in ("confirm", "deny", "pin"):

@@ -55,6 +55,8 @@ def main() -> int:
             rc |= 1
     print("\n## the floor: ours/floor per APDU, alternating guest boots, on x86-64 and on arm64", flush=True)
     rc |= run([sys.executable, str(SCRIPTS / "bench_floor.py")])
+    print("\n## QEMU's own usb-ccid in the guest: libcacard's ccid-card-emulated vs vscard-card", flush=True)
+    rc |= run([sys.executable, str(SCRIPTS / "bench_qemu_ccid.py")])
     return rc
 
 

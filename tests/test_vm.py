@@ -12,6 +12,13 @@ A module that sets ``VM_INIT = "systemd"`` gets a guest with systemd as PID 1
 (``testbed.run(..., init="systemd")``, tests/vm/systemd_guest.py): its pytest
 then runs as a service of that systemd.
 
+A module that sets ``VM_HOST = "name"`` needs this machine as well as the guest
+(tests/e2e/test_qemu_vscard.py: QEMU's own usb-ccid fed from here): the file
+tests/e2e/<name>.py gives ``qemu_args(out_dir)``, devices added to the guest,
+and ``host_command(out_dir)``, a process run here while the guest runs
+(``testbed.run(..., qemu_args=, host_command=)``; its output is host.log in the
+results).  Such a module always runs in a guest, also where dummy_hcd exists.
+
 ``test_e2e_arm64`` runs the modules of ``ARM64_MODULES`` again in the arm64 flavour of the test
 bed (Debian's arm64 kernel under qemu-system-aarch64 -cpu cortex-a72, an arm64 Debian root with its
 own Python and venv, the same checkout over 9p): the boards' architecture, end to end.
@@ -161,13 +168,27 @@ def _check_skips(module: str, out: Path) -> None:
     warnings.warn(text)
 
 
+def _host_side(module: str):
+    """The module's ``VM_HOST = "name"``: tests/e2e/<name>.py, loaded (or None)."""
+    m = re.search(r"""^VM_HOST\s*=\s*["'](\w+)["']""", (E2E_DIR / module).read_text(), re.M)
+    if not m:
+        return None
+    name = f"ccidgadget_vm_host_{m.group(1)}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, E2E_DIR / f"{m.group(1)}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 @pytest.mark.parametrize("module", E2E_MODULES)
 def test_e2e(module, tmp_path, request):
     out = tmp_path / "out"
     out.mkdir()
     env = {"CCIDGADGET_E2E": "1"}
     _host_prepare(module)
-    if _native_gadget_stack():
+    if _native_gadget_stack() and _host_side(module) is None:
         p = subprocess.run([sys.executable, *_pytest_args(module, str(out / "junit.xml"))], cwd=REPO,
                            env={**os.environ, **env, "CCIDGADGET_VM_OUT": str(out)},
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -195,8 +216,10 @@ def _run_in_guest(module: str, prepared, out: Path, env: dict) -> None:
     args = _pytest_args(module, "JUNIT")
     command = shlex.join([prepared.guest_python, *args]).replace(
         "--junitxml=JUNIT", '--junitxml="$CCIDGADGET_VM_OUT/junit.xml"')
+    host = _host_side(module)
+    extra = {} if host is None else {"qemu_args": host.qemu_args(out), "host_command": host.host_command(out)}
     res = testbed.run(command, timeout=TIMEOUT, env=env, cwd=REPO, out_dir=out, prepared=prepared,
-                      init=_guest_init(module))
+                      init=_guest_init(module), **extra)
     # the guest's wall time (QEMU start to exit), for the budgets; shown with -rP or -s
     print(f"tests/e2e/{module}: {res.duration:.1f} s of guest wall time\n{_tail(res.output, 25)}")
     if res.returncode != 0:
@@ -214,5 +237,9 @@ def _run_in_guest(module: str, prepared, out: Path, env: dict) -> None:
         msg += ["--- guest console (tail) ---", _tail(console, 60 if output.strip() else 150)]
         if res.qemu_stderr.strip():
             msg += ["--- qemu ---", res.qemu_stderr.strip()]
+        if host is not None:
+            log_file = out / testbed.HOST_LOG_FILE
+            host_log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            msg += [f"--- host side (exit {res.host_returncode}, tail) ---", _tail(host_log, 40)]
         pytest.fail("\n".join(msg), pytrace=False)
     _check_skips(module, out)

@@ -29,7 +29,6 @@ insertion; when pcscd restarts we reconnect.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import asyncio
 import logging
 import socket
@@ -37,6 +36,7 @@ from typing import Callable
 
 from ..cards.base import Card, CardAbsent, CardError
 from ..passthrough.vpcd_protocol import VPCD_DEFAULT_PORT, Ctrl, VpcdFramer, frame, is_ctrl
+from .card_options import add_card_arguments, build_card_from_args
 
 log = logging.getLogger(__name__)
 
@@ -186,49 +186,17 @@ async def serve_card_to_vpcd(card: Card, host: str = "127.0.0.1", port: int = VP
 # -- command line ------------------------------------------------------------------------
 
 def default_card_factory(args: argparse.Namespace) -> Card:
-    """The emulated card the options name, built by the factory the daemon builds its slots with, with the
-    [vault] keys of ``--config`` (the device secret a card is bound to, the scrypt cost of new PIN wraps)."""
-    from ..engines import CardContext, EngineError, build_card
-    from ..options import SlotSpec
-    spec = SlotSpec(engine="emulated", type=args.card_type, name=args.name, certs=list(args.certs or ()),
-                    db=args.db)
-    try:
-        return build_card(spec, CardContext(slot=0, state_dir=args.state_dir, vault=_vault_options(args)))
-    except EngineError as e:
-        raise SystemExit(f"vpcd-card: {e}") from None
-
-
-def _vault_options(args: argparse.Namespace):
-    """[vault] of the configuration file, as `ccidgadget card` reads it (None: the defaults)."""
-    from ..options import DEFAULT_CONFIG_PATH
-    if getattr(args, "config", None) is None and not DEFAULT_CONFIG_PATH.exists():
-        return None                     # nothing to read (and no need to load the provisioning code)
-    from ..cards.provision import ProvisionError, vault_options
-    try:
-        return vault_options(args)
-    except ProvisionError as e:
-        raise SystemExit(f"vpcd-card: {e}") from None
+    """The emulated card the options name, built as the daemon builds a slot's card, with the [vault]
+    keys of ``--config``."""
+    return build_card_from_args(args, "vpcd-card")
 
 
 def _add_arguments(p: argparse.ArgumentParser, card_types: tuple[str, ...] | None) -> None:
-    from ..options import CARD_TYPES, DEFAULT_CARD_TYPE, DEFAULT_CONFIG_PATH
-    card_types = tuple(card_types or CARD_TYPES)
-    default = DEFAULT_CARD_TYPE if DEFAULT_CARD_TYPE in card_types else card_types[0]
-    p.add_argument("--type", dest="card_type", choices=card_types, default=default,
-                   help="card to emulate (default %(default)s)")
+    add_card_arguments(p, card_types)
     p.add_argument("--host", default="127.0.0.1", help="where vpcd listens (default %(default)s)")
     p.add_argument("--port", type=int, default=VPCD_DEFAULT_PORT,
                    help="vpcd port: 35963 is reader 'Virtual PCD 00 00', 35964 '... 00 01'")
     p.add_argument("--once", action="store_true", help="exit when the first connection ends")
-    p.add_argument("--state-dir", type=Path, default=Path.home() / ".local/share/ccidgadget",
-                   help="where the emulated card keeps its state, in cards/NAME (default %(default)s)")
-    p.add_argument("--name", help="the card's directory name under STATE_DIR/cards (default slot0-TYPE)")
-    p.add_argument("--cert", dest="certs", action="append",
-                   help="CAC: certificate nickname (with --db) or PEM/DER/PKCS#12 file; three times")
-    p.add_argument("--db", metavar="sql:DIR", help="CAC: NSS database holding the three certificates")
-    p.add_argument("--config", type=Path, metavar="FILE",
-                   help=f"configuration whose [vault] keys apply: the device secret a card is bound to, the KDF "
-                        f"cost (default: {DEFAULT_CONFIG_PATH} if it exists)")
 
 
 _DESCRIPTION = ("Connect to the vpcd driver of pcscd (package vsmartcard-vpcd) as a virtual "

@@ -20,12 +20,16 @@ the "client" owns the card (vscclient, spice-gtk).
 
 `VSCardDecoder` turns received bytes into `Message`s and raises
 `VSCardProtocolError` for what no compliant peer sends; `encode` and the
-`*_message` helpers build the bytes to write.  No sockets here: the server
-engine (`vscard_server.py`) and the tests drive it.
+`*_message` helpers build the bytes to write.  `VSCardClient` is the client's
+half of the conversation (what vscclient does towards QEMU), as a state
+machine: bytes in, events out, bytes to write returned by its methods.  No
+sockets here: the server engine (`vscard_server.py`), the client front end
+(`frontends/vscard_client.py`) and the tests drive it.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from dataclasses import dataclass
@@ -61,6 +65,11 @@ MAX_PAYLOAD = 65544
 
 #: Init payload: magic + version, then zero or more capabilities.
 INIT_MIN_PAYLOAD = 8
+
+#: QEMU's ccid-card-passthru collects input in one 64 KiB buffer
+#: (VSCARD_IN_SIZE) and drops the connection when a message does not fit, so
+#: a client may send it at most this much payload in one message.
+QEMU_MAX_PAYLOAD = 64 * 1024 - 12
 
 
 class MsgType(enum.IntEnum):
@@ -191,3 +200,249 @@ class VSCardDecoder:
             del self._buf[:HEADER_SIZE + length]
             out.append(Message(kind, reader_id, payload))
         return out
+
+
+# -- the client's side (vscclient towards QEMU) -----------------------------------------------
+
+class ClientState(enum.Enum):
+    """Where a `VSCardClient` is in the conversation (the table is `VSCardClient._ALLOWED`)."""
+    IDLE = "idle"                    # nothing sent yet
+    AWAIT_INIT = "await-init"        # our Init sent, the host's not yet received
+    CONNECTED = "connected"          # Init exchanged: a reader may be added
+    AWAIT_READER = "await-reader"    # ReaderAdd sent, its Error reply not yet received
+    READY = "ready"                  # the host accepted our reader: cards, APDUs
+    REFUSED = "refused"              # the host has no room for our reader
+    CLOSING = "closing"              # ReaderRemove sent: nothing more to say
+    ERROR = "error"                  # the host broke the protocol; close the connection
+
+
+@dataclass(frozen=True)
+class HostInit:
+    """The host's VSC_Init: the handshake is done, `add_reader` may be called."""
+    version: int
+    capabilities: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReaderAdded:
+    """The host accepted the reader (VSC_Error SUCCESS) under `reader_id`."""
+    reader_id: int
+
+
+@dataclass(frozen=True)
+class ReaderRefused:
+    """The host refused the reader (CANNOT_ADD_MORE_READERS, or another code)."""
+    code: int
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """The host's VSC_Error answer to one of our ReaderRemove, ATR or CardRemove.
+
+    QEMU answers all three; `code` other than SUCCESS means it refused
+    (GENERAL_ERROR for an ATR longer than 40 bytes or not shaped like one).
+    """
+    request: MsgType
+    code: int
+
+    @property
+    def ok(self) -> bool:
+        return self.code == ErrorCode.SUCCESS
+
+
+@dataclass(frozen=True)
+class ApduReceived:
+    """A command APDU from the host; answer it with `answer(tag, ...)` or `fail(tag)`."""
+    apdu: bytes
+    tag: int
+
+
+@dataclass(frozen=True)
+class FlushRequested:
+    """VSC_Flush (QEMU never sends it); `flush_complete()` is the answer."""
+
+
+@dataclass(frozen=True)
+class HostError:
+    """A VSC_Error that answers nothing we sent (logged, nothing else to do)."""
+    code: int
+
+
+ClientEvent = HostInit | ReaderAdded | ReaderRefused | Acknowledged | ApduReceived | FlushRequested | HostError
+
+
+class VSCardClient:
+    """The client (card owner) side of VSCard, as libcacard's vscclient plays it, without I/O.
+
+    The conversation, from QEMU's docs/system/devices/ccid.rst and
+    `hw/usb/ccid-card-passthru.c`:
+
+    1. we send Init (`initiate`); the host answers with its Init (QEMU also
+       sends one unprompted when the device is realized, which a client that
+       connected before that sees first: the second is ignored);
+    2. `add_reader`: ReaderRemove(0) first, as vscclient does, so a reader
+       left behind by a client that died is removed (the guest sees its card
+       go), then ReaderAdd; the host answers each with VSC_Error, SUCCESS
+       carrying the reader id to use (QEMU: 0) or CANNOT_ADD_MORE_READERS;
+    3. `insert(atr)` sends the ATR (the card is in), `remove()` CardRemove;
+       both are answered with VSC_Error;
+    4. the host's APDUs come as `ApduReceived`; each gets exactly one answer,
+       `answer` (VSC_APDU) or `fail` (VSC_Error, which QEMU turns into a failed
+       empty DataBlock for the guest).  An APDU outstanding when the card is
+       removed is abandoned: QEMU has already answered the guest with an empty
+       block, so a late answer must not be sent (`answer` returns b"");
+    5. `remove_reader()` on exit: CardRemove if a card is in, then ReaderRemove.
+
+    Every VSC_Error from the host answers the oldest of our requests that
+    expects one (QEMU handles messages in order).  What the host sends and no
+    host should (bad magic, an APDU before the reader exists, ...) raises
+    `VSCardProtocolError` and leaves the client in ERROR.
+    """
+
+    #: Which host messages each state accepts (others are a protocol error).
+    _ALLOWED: dict[ClientState, frozenset[MsgType]] = {
+        ClientState.IDLE: frozenset(),
+        ClientState.AWAIT_INIT: frozenset({MsgType.INIT, MsgType.ERROR}),
+        ClientState.CONNECTED: frozenset({MsgType.INIT, MsgType.ERROR, MsgType.FLUSH}),
+        ClientState.AWAIT_READER: frozenset({MsgType.INIT, MsgType.ERROR, MsgType.FLUSH}),
+        ClientState.READY: frozenset({MsgType.INIT, MsgType.ERROR, MsgType.APDU, MsgType.FLUSH}),
+        ClientState.REFUSED: frozenset({MsgType.INIT, MsgType.ERROR, MsgType.FLUSH}),
+        # After ReaderRemove the host may still deliver what crossed it on the wire.
+        ClientState.CLOSING: frozenset({MsgType.INIT, MsgType.ERROR, MsgType.APDU, MsgType.FLUSH}),
+        ClientState.ERROR: frozenset(),
+    }
+
+    def __init__(self, *, max_payload: int = MAX_PAYLOAD, host_max_payload: int = QEMU_MAX_PAYLOAD) -> None:
+        self.state = ClientState.IDLE
+        self.reader_id = VSCARD_UNDEFINED_READER_ID
+        self.card_inserted = False
+        self.host_version: int | None = None
+        #: Largest payload the host takes in one message (QEMU: 64 KiB less the header).
+        self.host_max_payload = host_max_payload
+        self._decoder = VSCardDecoder(max_payload)
+        self._awaiting: collections.deque[MsgType] = collections.deque()
+        self._next_tag = 0
+        self._outstanding: int | None = None
+
+    # -- bytes in -------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[ClientEvent]:
+        """Feed bytes from the host; return what they mean, in order."""
+        if self.state is ClientState.ERROR:
+            raise VSCardProtocolError("the connection already failed")
+        try:
+            messages = self._decoder.receive_data(data)
+            return [event for msg in messages for event in self._handle(msg)]
+        except VSCardProtocolError:
+            self.state = ClientState.ERROR
+            raise
+
+    def _handle(self, msg: Message) -> list[ClientEvent]:
+        if msg.type not in self._ALLOWED[self.state]:
+            raise VSCardProtocolError(f"host sent {msg.type.name} while the client is {self.state.value}")
+        if msg.type is MsgType.INIT:
+            init = parse_init(msg.payload)
+            if self.state is not ClientState.AWAIT_INIT:
+                return []                      # QEMU's unprompted Init plus its answer to ours
+            if init.major != version_tuple(VSCARD_VERSION)[0]:
+                raise VSCardProtocolError("host speaks VSCard %d.%d.%d, incompatible with %d.%d.%d"
+                                          % (version_tuple(init.version) + version_tuple(VSCARD_VERSION)))
+            self.host_version = init.version
+            self.state = ClientState.CONNECTED
+            return [HostInit(init.version, init.capabilities)]
+        if msg.type is MsgType.ERROR:
+            return self._on_error(msg)
+        if msg.type is MsgType.FLUSH:
+            return [FlushRequested()]
+        # APDU
+        if self.state is ClientState.CLOSING or not self.card_inserted:
+            # Crossed our CardRemove/ReaderRemove on the wire: QEMU has already
+            # answered the guest.  Nothing to do with it.
+            return []
+        if self._outstanding is not None:
+            raise VSCardProtocolError("host sent an APDU before the previous one was answered")
+        self._next_tag += 1
+        self._outstanding = self._next_tag
+        return [ApduReceived(msg.payload, self._next_tag)]
+
+    def _on_error(self, msg: Message) -> list[ClientEvent]:
+        code = error_code(msg.payload)
+        if not self._awaiting:
+            return [HostError(code)]
+        request = self._awaiting.popleft()
+        if request is not MsgType.READER_ADD:
+            return [Acknowledged(request, code)]
+        if code == ErrorCode.SUCCESS and msg.reader_id != VSCARD_UNDEFINED_READER_ID:
+            self.reader_id = msg.reader_id
+            self.state = ClientState.READY
+            return [ReaderAdded(msg.reader_id)]
+        self.state = ClientState.REFUSED
+        return [ReaderRefused(code if code != ErrorCode.SUCCESS else ErrorCode.GENERAL_ERROR)]
+
+    # -- bytes out ------------------------------------------------------------------------
+    def _require(self, *states: ClientState, what: str) -> None:
+        if self.state not in states:
+            raise RuntimeError(f"{what} while the VSCard client is {self.state.value}")
+
+    def initiate(self, capabilities: tuple[int, ...] = (0,)) -> bytes:
+        """Our VSC_Init (vscclient writes reader id 0 in every header; so do we)."""
+        self._require(ClientState.IDLE, what="Init")
+        self.state = ClientState.AWAIT_INIT
+        return init_message(VSCARD_MINIMAL_READER_ID, capabilities=capabilities)
+
+    def add_reader(self, name: str = "") -> bytes:
+        """ReaderRemove(0), then ReaderAdd with `name` (UTF-8, may be empty)."""
+        self._require(ClientState.CONNECTED, what="ReaderAdd")
+        self._awaiting += (MsgType.READER_REMOVE, MsgType.READER_ADD)
+        self.state = ClientState.AWAIT_READER
+        return (encode(MsgType.READER_REMOVE, VSCARD_MINIMAL_READER_ID)
+                + encode(MsgType.READER_ADD, VSCARD_UNDEFINED_READER_ID, name.encode()))
+
+    def insert(self, atr: bytes) -> bytes:
+        """VSC_ATR: the card is in (a second ATR while in is a re-insertion to the host)."""
+        self._require(ClientState.READY, what="ATR")
+        self.card_inserted = True
+        self._outstanding = None
+        self._awaiting.append(MsgType.ATR)
+        return encode(MsgType.ATR, self.reader_id, bytes(atr))
+
+    def remove(self) -> bytes:
+        """VSC_CardRemove; abandons the outstanding APDU (QEMU answers the guest itself)."""
+        self._require(ClientState.READY, what="CardRemove")
+        self.card_inserted = False
+        self._outstanding = None
+        self._awaiting.append(MsgType.CARD_REMOVE)
+        return encode(MsgType.CARD_REMOVE, self.reader_id)
+
+    def answer(self, tag: int, rapdu: bytes) -> bytes:
+        """VSC_APDU answering `tag`; b"" when that APDU was abandoned meanwhile.
+
+        An answer larger than the host's input buffer (`host_max_payload`)
+        would make QEMU drop the connection: it is failed instead.
+        """
+        if tag != self._outstanding or self.state is not ClientState.READY:
+            return b""
+        if len(rapdu) > self.host_max_payload:
+            return self.fail(tag)
+        self._outstanding = None
+        return encode(MsgType.APDU, self.reader_id, bytes(rapdu))
+
+    def fail(self, tag: int, code: int = ErrorCode.GENERAL_ERROR) -> bytes:
+        """VSC_Error for the APDU `tag`: the card could not answer it."""
+        if tag != self._outstanding or self.state is not ClientState.READY:
+            return b""
+        self._outstanding = None
+        return error_message(self.reader_id, code)
+
+    def flush_complete(self) -> bytes:
+        return encode(MsgType.FLUSH_COMPLETE, self.reader_id if self.state is ClientState.READY
+                      else VSCARD_MINIMAL_READER_ID)
+
+    def remove_reader(self) -> bytes:
+        """On the way out: CardRemove if a card is in, then ReaderRemove (vscclient's "exit")."""
+        if self.state is not ClientState.READY:
+            self.state = ClientState.CLOSING
+            return b""
+        out = self.remove() if self.card_inserted else b""
+        self._awaiting.append(MsgType.READER_REMOVE)
+        self.state = ClientState.CLOSING
+        return out + encode(MsgType.READER_REMOVE, self.reader_id)

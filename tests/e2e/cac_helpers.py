@@ -5,12 +5,17 @@
 returns the mismatches. ``tx(apdu_bytes) -> (data, sw)`` is anything that talks to a CAC card: a
 pyscard connection through the USB gadget in tests/e2e/test_cac.py, or ``card.process_apdu`` in
 process. GET RESPONSE chaining (61xx) is followed here, so ``tx`` may return 61xx.
+``build_nss_db`` makes the certificate database of QEMU's ccid.rst (test_cac.py, qemu_host.py,
+scripts/bench_qemu_ccid.py).
 
 None of the checks changes the PIN retry counter, and the PIN is left unverified.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
 from typing import Callable
 
 from ccidgadget.cards.cac.applets import ACA_AID, CCC_AID, pki_aid
@@ -20,6 +25,36 @@ UNKNOWN_AID = bytes.fromhex("A000000079010A")          # a PKI applet number the
 CHUNK = 240                                              # card-cac.c CAC_MAX_CHUNK_SIZE
 
 Tx = Callable[[bytes], "tuple[bytes, int]"]
+
+
+def build_nss_db(directory: Path) -> str:
+    """QEMU's docs/system/devices/ccid.rst NSS database (CA ``fake-smartcard-ca`` + ``id-cert``,
+    ``signing-cert``, ``encryption-cert``), verbatim but for --empty-password, -z (noise: no typing)
+    and -m (distinct serials: certutil's clock-derived default repeats within a second).
+    Returns ``sql:DIR``."""
+    directory = Path(directory)
+    directory.mkdir()
+    db = f"sql:{directory}"
+    noise = directory.parent / f"{directory.name}.noise"
+    noise.write_bytes(os.urandom(64))
+    z = ["-z", str(noise)]
+
+    def certutil(*args: str) -> None:
+        p = subprocess.run(["certutil", *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+        if p.returncode != 0:
+            raise AssertionError(f"exit {p.returncode}: certutil {' '.join(args)}\n"
+                                 f"{p.stdout.decode(errors='replace')}{p.stderr.decode(errors='replace')}")
+
+    certutil("-N", "-d", db, "--empty-password")
+    certutil("-S", "-d", db, "-s", "CN=Fake Smart Card CA", "-x", "-t", "TC,TC,TC", "-n", "fake-smartcard-ca",
+             "-m", "1", *z)
+    certutil("-S", "-d", db, "-t", ",,", "-s", "CN=John Doe", "-n", "id-cert", "-c", "fake-smartcard-ca",
+             "-m", "2", *z)
+    certutil("-S", "-d", db, "-t", ",,", "-s", "CN=John Doe (signing)", "--nsCertType", "smime",
+             "-n", "signing-cert", "-c", "fake-smartcard-ca", "-m", "3", *z)
+    certutil("-S", "-d", db, "-t", ",,", "-s", "CN=John Doe (encryption)", "--nsCertType", "sslClient",
+             "-n", "encryption-cert", "-c", "fake-smartcard-ca", "-m", "4", *z)
+    return db
 
 
 def h(text: str) -> bytes:

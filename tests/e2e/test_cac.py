@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from cac_helpers import run_status_word_checks, select_aid, verify_apdu, with_get_response
+from cac_helpers import build_nss_db, run_status_word_checks, select_aid, verify_apdu, with_get_response
 from ccidgadget.cards.cac import CAC_LABELS, DEFAULT_PIN
 from ccidgadget.cards.cac.applets import pki_aid
 from ccidgadget.cryptocompat import verify_directly_issued_by
@@ -76,31 +76,11 @@ def _run(cmd, cwd=None, env=None, timeout=120, check=True) -> subprocess.Complet
     return p
 
 
-def _build_nss_db(directory: Path) -> str:
-    """docs/system/devices/ccid.rst, verbatim but for --empty-password, -z (noise: no typing) and -m
-    (distinct serials: certutil's clock-derived default repeats within a second)."""
-    directory.mkdir()
-    db = f"sql:{directory}"
-    noise = directory.parent / "noise"
-    noise.write_bytes(os.urandom(64))
-    z = ["-z", str(noise)]
-    _run(["certutil", "-N", "-d", db, "--empty-password"])
-    _run(["certutil", "-S", "-d", db, "-s", "CN=Fake Smart Card CA", "-x", "-t", "TC,TC,TC",
-          "-n", "fake-smartcard-ca", "-m", "1", *z])
-    _run(["certutil", "-S", "-d", db, "-t", ",,", "-s", "CN=John Doe", "-n", "id-cert", "-c", "fake-smartcard-ca",
-          "-m", "2", *z])
-    _run(["certutil", "-S", "-d", db, "-t", ",,", "-s", "CN=John Doe (signing)", "--nsCertType", "smime",
-          "-n", "signing-cert", "-c", "fake-smartcard-ca", "-m", "3", *z])
-    _run(["certutil", "-S", "-d", db, "-t", ",,", "-s", "CN=John Doe (encryption)", "--nsCertType", "sslClient",
-          "-n", "encryption-cert", "-c", "fake-smartcard-ca", "-m", "4", *z])
-    return db
-
-
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
     """The NSS database, its CA and certificates (DER), PKCS#12 exports, PEM files, an opensc.conf."""
     root = tmp_path_factory.mktemp("cac-material")
-    db = _build_nss_db(root / "fake-smartcard")
+    db = build_nss_db(root / "fake-smartcard")
     # export the CA as QEMU's docs do, and each certificate (to compare with what the card serves)
     _run(["certutil", "-L", "-r", "-d", db, "-o", str(root / "fake-smartcard-ca.cer"), "-n", "fake-smartcard-ca"])
     _run(["openssl", "x509", "-inform", "der", "-in", str(root / "fake-smartcard-ca.cer"),

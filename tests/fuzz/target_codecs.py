@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Fuzz targets for the byte parsers: APDUs, BER-TLV, SimpleTLV, the VSCard codec and the vpcd framer.
+"""Fuzz targets for the byte parsers: APDUs, BER-TLV, SimpleTLV, the VSCard codec (both sides) and the vpcd framer.
 
 Each parser may fail only with its documented error, and what it accepts must
 survive a round trip through the matching encoder.  The two stream decoders
@@ -165,6 +165,68 @@ def vscard_seeds() -> dict[str, bytes]:
             "error-le": split(vscard.encode(vscard.MsgType.ERROR, 0, (1).to_bytes(4, "little")), 16)}
 
 
+# -- VSCard, the client's side (vscard-card towards QEMU) -------------------------------------
+def run_vscard_client(data: bytes) -> None:
+    """Host bytes in chunks into `VSCardClient`, answered as the front end would (reader, card,
+    APDU answers, removals chosen by the input); only VSCardProtocolError may come out, and what the
+    client writes must decode as whole, known messages."""
+    inp = Input(data)
+    client = vscard.VSCardClient()
+    written = bytearray(client.initiate())
+    for chunk in chunks(inp):
+        try:
+            events = client.receive_data(chunk)
+        except vscard.VSCardProtocolError:
+            if client.state is not vscard.ClientState.ERROR:
+                raise Finding("protocol error without the ERROR state") from None
+            break
+        for ev in events:
+            if isinstance(ev, vscard.HostInit):
+                written += client.add_reader("fuzz")
+            elif isinstance(ev, vscard.ReaderAdded):
+                written += client.insert(bytes.fromhex("3B0A") + b"ccidgadget")
+            elif isinstance(ev, vscard.ApduReceived):
+                choice = inp.byte() if inp.more() else 0
+                if choice & 3 == 1:
+                    written += client.remove()
+                    written += client.answer(ev.tag, b"\x90\x00")
+                    if client.state is vscard.ClientState.READY:
+                        written += client.insert(bytes.fromhex("3B0A") + b"ccidgadget")
+                elif choice & 3 == 2:
+                    written += client.fail(ev.tag)
+                else:
+                    written += client.answer(ev.tag, ev.apdu[:choice] + b"\x90\x00")
+            elif isinstance(ev, vscard.FlushRequested):
+                written += client.flush_complete()
+    written += client.remove_reader()
+    decoder = vscard.VSCardDecoder()
+    try:
+        decoder.receive_data(bytes(written))
+    except vscard.VSCardProtocolError as e:
+        raise Finding(f"the client wrote a malformed message: {e}") from None
+    if decoder.pending_bytes:
+        raise Finding("the client wrote a truncated message")
+
+
+def vscard_client_seeds() -> dict[str, bytes]:
+    def split(stream: bytes, size: int) -> bytes:
+        out = bytearray()
+        for i in range(0, len(stream), size):
+            part = stream[i:i + size]
+            out += bytes([len(part)]) + part
+        return bytes(out)
+
+    ok = vscard.error_message(0, vscard.ErrorCode.SUCCESS)
+    qemu = (vscard.init_message() + ok + ok + ok + vscard.encode(vscard.MsgType.APDU, 0, bytes.fromhex("00A4040000"))
+            + vscard.encode(vscard.MsgType.FLUSH, 0) + vscard.encode(vscard.MsgType.APDU, 0, bytes.fromhex("00B0000000"))
+            + ok)
+    return {"qemu-session": split(qemu, 100), "qemu-bytewise": split(qemu, 1),
+            "refused": split(vscard.init_message() + ok
+                             + vscard.error_message(vscard.VSCARD_UNDEFINED_READER_ID,
+                                                    vscard.ErrorCode.CANNOT_ADD_MORE_READERS), 30),
+            "apdu-first": split(vscard.encode(vscard.MsgType.APDU, 0, b"\x00\x00\x00\x00"), 16)}
+
+
 # -- vpcd --------------------------------------------------------------------------------------
 def run_vpcd(data: bytes) -> None:
     inp = Input(data)
@@ -199,4 +261,6 @@ register(Target("apdu", lambda: run_apdu, apdu_seeds, max_len=1024, bounded_runs
 register(Target("ber_tlv", lambda: run_ber_tlv, ber_seeds, max_len=1024, bounded_runs=4000))
 register(Target("simple_tlv", lambda: run_simple_tlv, simple_seeds, max_len=2048, bounded_runs=8000))
 register(Target("vscard", lambda: run_vscard, vscard_seeds, max_len=4096, bounded_runs=8000))
+register(Target("vscard_client", lambda: run_vscard_client, vscard_client_seeds, max_len=4096,
+                bounded_runs=6000))
 register(Target("vpcd", lambda: run_vpcd, vpcd_seeds, max_len=4096, bounded_runs=8000))

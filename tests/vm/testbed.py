@@ -33,7 +33,8 @@ Python API::
 CLI::
 
     python3 -m tests.vm.testbed prepare [--refresh] [--flavour arm64]
-    python3 -m tests.vm.testbed run [--flavour arm64] [--timeout S] [--cwd DIR] [--env K=V] -- CMD...
+    python3 -m tests.vm.testbed run [--flavour arm64] [--timeout S] [--cwd DIR] [--env K=V]
+                                    [--qemu-arg ARG]... [--host-command CMD] -- CMD...
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ OUTPUT_FILE = "vm-output.log"
 PID1_FILE = "vm-pid1.sh"
 CONSOLE_FILE = "console.log"
 QEMU_LOG_FILE = "qemu.log"
+#: output of run(host_command=...), the process that runs on this machine beside the guest
+HOST_LOG_FILE = "host.log"
 
 #: host environment variables passed into the guest (if set). Not PYTHONDONTWRITEBYTECODE:
 #: in the guest .pyc files go to the tmpfs overlay, and compiling is slow under TCG.
@@ -187,6 +190,7 @@ class VMResult:
     timed_out: bool = False
     qemu_returncode: int | None = None
     qemu_stderr: str = ""
+    host_returncode: int | None = None  #: exit status of ``run(host_command=...)``
 
     @property
     def ok(self) -> bool:
@@ -605,6 +609,24 @@ def _finish(tree: Path, release: str, fl: Flavour | None = None, root_image: Pat
     return p
 
 
+def _ensure_binfmt(fl: Flavour) -> None:
+    rfs = rootfs()
+    try:
+        rfs.ensure_binfmt(rfs.ROOT_SPECS[fl.root].arch)
+    except rfs.RootUnavailable as e:
+        raise TestbedUnavailable(str(e)) from None
+
+
+def _root_image(fl: Flavour) -> Path:
+    """Build (or reuse) the flavour's foreign root and its ext4 image."""
+    rfs = rootfs()
+    try:
+        root = rfs.ensure_root(rfs.ROOT_SPECS[fl.root], fl.root)
+        return rfs.ext4_image(root, rfs.CACHE / fl.root / f"root-{rfs.root_key(fl.root)}.ext4")
+    except rfs.RootUnavailable as e:
+        raise TestbedUnavailable(str(e)) from None
+
+
 def _gpio_sim():
     import importlib.util
     name = "ccidgadget_vm_gpio_sim"
@@ -628,24 +650,6 @@ def _extra_modules(p: Prepared) -> Prepared:
     except RuntimeError as e:
         _log(f"gpio-sim.ko not built (tests that need a simulated GPIO line will fail): {e}")
     return p
-
-
-def _ensure_binfmt(fl: Flavour) -> None:
-    rfs = rootfs()
-    try:
-        rfs.ensure_binfmt(rfs.ROOT_SPECS[fl.root].arch)
-    except rfs.RootUnavailable as e:
-        raise TestbedUnavailable(str(e)) from None
-
-
-def _root_image(fl: Flavour) -> Path:
-    """Build (or reuse) the flavour's foreign root and its ext4 image."""
-    rfs = rootfs()
-    try:
-        root = rfs.ensure_root(rfs.ROOT_SPECS[fl.root], fl.root)
-        return rfs.ext4_image(root, rfs.CACHE / fl.root / f"root-{rfs.root_key(fl.root)}.ext4")
-    except rfs.RootUnavailable as e:
-        raise TestbedUnavailable(str(e)) from None
 
 
 def prepare(refresh: bool = False, flavour_name: str | None = None) -> Prepared:
@@ -762,7 +766,8 @@ def hidden_host_paths(prepared: Prepared | None = None) -> list[Path]:
     return out
 
 
-def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2) -> list[str]:
+def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: int = 2,
+                 extra_args: Sequence[str] = ()) -> list[str]:
     fl = flavour(prepared.flavour)
     shares = hidden_host_paths(prepared)
     append = " ".join([
@@ -785,6 +790,7 @@ def qemu_command(prepared: Prepared, out_dir: Path, *, memory: int = 1536, smp: 
         *root,
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none,multidevs=remap",
         *extra,
+        *extra_args,
     ]
 
 
@@ -801,6 +807,8 @@ def run(
     prepared: Prepared | None = None,
     init: str = "busybox",
     flavour_name: str | None = None,
+    qemu_args: Sequence[str] = (),
+    host_command: Sequence[str] | None = None,
 ) -> VMResult:
     """Boot the guest, run ``command`` (shell string or argv) in ``cwd`` and power off.
 
@@ -812,6 +820,12 @@ def run(
     command as a service of it (tests/vm/systemd_guest.py); the default runs it from the
     initramfs' busybox init. ``flavour_name`` (or ``prepared.flavour``) picks the guest's
     architecture (FLAVOURS); there the tests' interpreter is ``prepared.guest_python``.
+
+    ``qemu_args`` are added to QEMU's command line (devices, chardevs). ``host_command`` (argv)
+    runs on this machine while the guest runs: it starts once QEMU has (so QEMU's server sockets
+    exist), with ``CCIDGADGET_VM_OUT`` set to the results directory and its output in
+    ``host.log`` there; it is sent SIGTERM when the guest is done (SIGKILL 10 s later) and its
+    exit status is ``VMResult.host_returncode``.
     """
     if init not in ("busybox", "systemd"):
         raise ValueError(f"init must be 'busybox' or 'systemd', not {init!r}")
@@ -824,19 +838,25 @@ def run(
     else:
         out = Path(out_dir).resolve()
         out.mkdir(parents=True, exist_ok=True)
-    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE, PID1_FILE):
+    for name in (STATUS_FILE, OUTPUT_FILE, CONSOLE_FILE, QEMU_LOG_FILE, PID1_FILE, HOST_LOG_FILE):
         (out / name).unlink(missing_ok=True)
     (out / JOB_FILE).write_text(_job_script(command, cwd, guest_env(env, prepared)))
     if init == "systemd":
         (out / PID1_FILE).write_text(_systemd_guest().pid1_script(out=GUEST_OUT, job=JOB_FILE))
     (out / CONSOLE_FILE).touch()
 
-    cmd = qemu_command(prepared, out, memory=memory, smp=smp)
+    cmd = qemu_command(prepared, out, memory=memory, smp=smp, extra_args=qemu_args)
     start = time.monotonic()
     timed_out = False
-    with open(out / QEMU_LOG_FILE, "w+") as qlog, open(out / CONSOLE_FILE, "rb") as con:
+    host: subprocess.Popen | None = None
+    with open(out / QEMU_LOG_FILE, "w+") as qlog, open(out / CONSOLE_FILE, "rb") as con, \
+            open(out / HOST_LOG_FILE, "wb") as hlog:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        if host_command is not None:
+            host = subprocess.Popen(list(host_command), stdin=subprocess.DEVNULL, stdout=hlog,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "CCIDGADGET_VM_OUT": str(out), "PYTHONUNBUFFERED": "1"})
         try:
             while True:
                 try:
@@ -853,6 +873,9 @@ def run(
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            if host is not None:
+                _kill(host, grace=10)
         if stream is not None:
             _pump(con, stream)
         qlog.seek(0)
@@ -863,7 +886,8 @@ def run(
         rc: int | None = int((out / STATUS_FILE).read_text().strip())
     except (OSError, ValueError):
         rc = None
-    return VMResult(rc, console, out, duration, timed_out, proc.returncode, qemu_stderr)
+    return VMResult(rc, console, out, duration, timed_out, proc.returncode, qemu_stderr,
+                    host.returncode if host is not None else None)
 
 
 def _systemd_guest():
@@ -888,12 +912,12 @@ def _pump(src: IO[bytes], dst: IO[str]) -> None:
         dst.flush()
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen, grace: float = 5) -> None:
     if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -924,6 +948,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--quiet", action="store_true", help="do not stream the console")
     p_run.add_argument("--init", choices=("busybox", "systemd"), default="busybox",
                        help="PID 1 of the guest: the initramfs' busybox (default) or systemd")
+    p_run.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                       help="one more QEMU argument (repeat: --qemu-arg=-device --qemu-arg=usb-ccid)")
+    p_run.add_argument("--host-command", metavar="CMD",
+                       help="shell command to run on this machine while the guest runs (output: host.log)")
     p_run.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     try:
@@ -941,7 +969,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     res = run(command[0] if len(command) == 1 else command, timeout=args.timeout, env=env, cwd=args.cwd,
               out_dir=args.out, memory=args.memory, smp=args.smp,
-              stream=None if args.quiet else sys.stdout, prepared=prepared, init=args.init)
+              stream=None if args.quiet else sys.stdout, prepared=prepared, init=args.init,
+              qemu_args=args.qemu_arg,
+              host_command=None if args.host_command is None else ["/bin/sh", "-c", args.host_command])
     if args.quiet:
         sys.stdout.write(res.output)
     print(f"[vm] {res.describe(tail=0).splitlines()[0]}", file=sys.stderr)
