@@ -2,7 +2,8 @@
 """ours/floor: the daemon with its default PIV card against the floor responder, same run, same stack.
 
     scripts/bench_floor.py [--flavour amd64 --flavour arm64] [--rounds 3] [-n 300] [--chained 30]
-    scripts/bench_floor.py --guest --variant daemon|floor       # one measurement, inside a guest
+                           [--rev REV ...] [--no-tree]
+    scripts/bench_floor.py --guest --variant daemon|floor [--tree DIR]   # one measurement, inside a guest
 
 Each round boots one guest per variant, alternating which goes first, so machine noise hits both:
 the daemon (``ccidgadget --card emulated``, a fresh PIV card) or scripts/floor_responder.py (same
@@ -17,6 +18,11 @@ and pyscard ``transmit`` times:
 
 Printed per flavour and variant: each run's median and p90, the best median of the runs and the
 run-to-run spread of the medians ((max - min) / min), then ours/floor from the best medians.
+
+``--rev REV`` (repeatable) adds the daemon as of git revision REV as one more variant (its
+``ccidgadget/`` exported to .cache/bench-rev/, run with that package first on sys.path), so a change
+is measured before and after in the same run, every variant alternating with the others;
+``--no-tree`` leaves out the working tree's daemon.
 Under TCG every figure is far slower than on a board; only the ratio carries over.
 """
 
@@ -26,6 +32,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,9 +68,20 @@ def object_data(tag: bytes, total: int) -> bytes:
 # --------------------------------------------------------------------------- in the guest
 
 
-def measure(variant: str, n: int, chained: int) -> dict:
+def daemon_command(tree: str | None) -> list[str]:
+    """The daemon with a fresh PIV card; from `tree` (a directory holding a ccidgadget/ package) if given."""
+    args = ["--card", "emulated", "--state-dir", "/tmp/ccidgadget-bench-state"]
+    if tree is None:
+        return [sys.executable, "-m", "ccidgadget", *args]
+    code = (f"import sys, runpy; sys.path.insert(0, {tree!r}); import ccidgadget; "
+            f"print('ccidgadget from', ccidgadget.__file__, file=sys.stderr, flush=True); "
+            f"runpy.run_module('ccidgadget', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *args]
+
+
+def measure(variant: str, n: int, chained: int, tree: str | None = None) -> dict:
     if variant == "daemon":
-        stack = bench_guest.Stack("--card", "emulated")
+        stack = bench_guest.Stack(command=daemon_command(tree))
     else:
         stack = bench_guest.Stack(command=[sys.executable, str(REPO / "scripts" / "floor_responder.py"),
                                            "--read-size", str(READ_SIZE)])
@@ -94,9 +112,24 @@ def measure(variant: str, n: int, chained: int) -> dict:
 # --------------------------------------------------------------------------- on the host
 
 
-def run_guest(testbed, prepared, variant: str, n: int, chained: int) -> dict:
+def export_rev(rev: str) -> tuple[str, str]:
+    """(label, directory): REV's ccidgadget/ package under .cache/bench-rev/SHA (the guest sees the checkout)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True, text=True,
+                         stdout=subprocess.PIPE).stdout.strip()
+    target = REPO / ".cache" / "bench-rev" / sha
+    if not (target / "ccidgadget" / "__init__.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "ccidgadget"], check=True,
+                                 stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        # compiled here: under TCG the guest would compile it again at every boot (its tree is a tmpfs overlay)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(target)], check=True)
+    return f"daemon@{sha}", str(target)
+
+
+def run_guest(testbed, prepared, variant: str, n: int, chained: int, tree: str | None = None) -> dict:
     cmd = [prepared.guest_python, str(Path(__file__).resolve()), "--guest", "--variant", variant,
-           "-n", str(n), "--chained", str(chained)]
+           "-n", str(n), "--chained", str(chained), *(["--tree", tree] if tree else [])]
     res = testbed.run(cmd, timeout=900, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
     for line in res.output.splitlines():
         if line.startswith(RESULT_TAG):
@@ -113,18 +146,23 @@ def summary(runs: list[dict], workload: str) -> tuple[list[tuple[float, float]],
 
 
 def report(where: str, results: dict[str, list[dict]]) -> None:
-    print(f"\n{where}: {len(results['daemon'])} runs per variant, alternating; pyscard transmit through "
+    print(f"\n{where}: {len(results['floor'])} runs per variant, alternating; pyscard transmit through "
           "pcscd + libccid + dummy_hcd", flush=True)
+    ours = [v for v in results if v != "floor"]
+    width = max(len(v) for v in results)
     for workload in WORKLOADS:
         best = {}
-        for variant in ("daemon", "floor"):
+        for variant in results:
             per_run, best[variant], spread = summary(results[variant], workload)
             runs = ", ".join(f"{m:.2f}/{p:.2f}" for m, p in per_run)
-            print(f"  {workload:24s} {variant:6s} median/p90 per run (ms): {runs}; best median {best[variant]:.2f} ms,"
-                  f" spread {spread * 100:.0f} %")
-        print(f"  {workload:24s} ours/floor = {best['daemon'] / best['floor']:.2f}")
-    bound = [r["bound_s"] for r in results["daemon"]]
-    print(f"  daemon start to gadget bound (fresh PIV card): {', '.join(f'{b:.2f}' for b in bound)} s")
+            print(f"  {workload:24s} {variant:{width}s} median/p90 per run (ms): {runs}; best median "
+                  f"{best[variant]:.2f} ms, spread {spread * 100:.0f} %")
+        for variant in ours:
+            label = "ours/floor" if variant == "daemon" else f"{variant}/floor"
+            print(f"  {workload:24s} {label} = {best[variant] / best['floor']:.2f}")
+    for variant in ours:
+        bound = [r["bound_s"] for r in results[variant]]
+        print(f"  {variant} start to gadget bound (fresh PIV card): {', '.join(f'{b:.2f}' for b in bound)} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,29 +174,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="boots per variant (default 3)")
     ap.add_argument("-n", type=int, default=300, help="short SELECTs per boot (default 300)")
     ap.add_argument("--chained", type=int, default=30, help="chained reads and writes per boot (default 30)")
+    ap.add_argument("--tree", help="(with --guest) run the daemon from this directory's ccidgadget/ package")
+    ap.add_argument("--rev", action="append", default=[], help="also measure the daemon as of this git revision")
+    ap.add_argument("--no-tree", action="store_true", help="leave out the working tree's daemon (with --rev)")
     args = ap.parse_args(argv)
     if args.guest:
-        print(RESULT_TAG + json.dumps(measure(args.variant, args.n, args.chained)), flush=True)
+        print(RESULT_TAG + json.dumps(measure(args.variant, args.n, args.chained, args.tree)), flush=True)
         return 0
+    # .pyc files made here for what changed: the guest's tree is a tmpfs overlay, it compiles at every boot
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "ccidgadget")], check=False)
+    trees: dict[str, str | None] = {} if args.no_tree and args.rev else {"daemon": None}
+    trees.update(export_rev(rev) for rev in args.rev)
     if have_gadget_stack():                 # a board (or a dummy_hcd machine): here, no guests
-        rounds(os.uname().machine, args, lambda variant: measure(variant, args.n, args.chained))
+        rounds(os.uname().machine, args, trees,
+               lambda variant, tree: measure(variant, args.n, args.chained, tree))
         return 0
     from tests.vm import testbed
 
     for flavour in args.flavour or ["amd64", "arm64"]:
         prepared = testbed.prepare(flavour_name=flavour)
-        rounds(f"{flavour} guest", args, lambda variant: run_guest(testbed, prepared, variant, args.n, args.chained))
+        rounds(f"{flavour} guest", args, trees,
+               lambda variant, tree: run_guest(testbed, prepared, variant, args.n, args.chained, tree))
     return 0
 
 
-def rounds(where: str, args, one) -> None:
-    results: dict[str, list[dict]] = {"daemon": [], "floor": []}
+def rounds(where: str, args, trees: dict[str, str | None], one) -> None:
+    """`args.rounds` runs of every variant; each round starts one variant later, so each goes first in turn."""
+    variants = [*trees, "floor"]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     t0 = time.monotonic()
     for r in range(args.rounds):
-        for variant in (("daemon", "floor") if r % 2 == 0 else ("floor", "daemon")):
-            results[variant].append(one(variant))
+        k = r % len(variants)
+        for variant in variants[k:] + variants[:k]:
+            kind = "floor" if variant == "floor" else "daemon"
+            results[variant].append(one(kind, trees.get(variant)))
     report(where, results)
-    print(f"  ({time.monotonic() - t0:.0f} s for {2 * args.rounds} runs)", flush=True)
+    print(f"  ({time.monotonic() - t0:.0f} s for {len(variants) * args.rounds} runs)", flush=True)
 
 
 if __name__ == "__main__":
