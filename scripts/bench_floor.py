@@ -68,15 +68,17 @@ def object_data(tag: bytes, total: int) -> bytes:
 # --------------------------------------------------------------------------- in the guest
 
 
-def daemon_command(tree: str | None) -> list[str]:
-    """The daemon with a fresh PIV card; from `tree` (a directory holding a ccidgadget/ package) if given."""
-    args = ["--card", "emulated", "--state-dir", "/tmp/ccidgadget-bench-state"]
+def daemon_command(tree: str | None, args: tuple[str, ...] = ("--card", "emulated", "--state-dir",
+                                                              "/tmp/ccidgadget-bench-state"),
+                   python: tuple[str, ...] = ()) -> list[str]:
+    """The daemon (default: with a fresh PIV card); from `tree` (a directory holding a ccidgadget/ package)
+    if given; `python`: interpreter options."""
     if tree is None:
-        return [sys.executable, "-m", "ccidgadget", *args]
+        return [sys.executable, *python, "-m", "ccidgadget", *args]
     code = (f"import sys, runpy; sys.path.insert(0, {tree!r}); import ccidgadget; "
             f"print('ccidgadget from', ccidgadget.__file__, file=sys.stderr, flush=True); "
             f"runpy.run_module('ccidgadget', run_name='__main__', alter_sys=True)")
-    return [sys.executable, "-c", code, *args]
+    return [sys.executable, *python, "-c", code, *args]
 
 
 def measure(variant: str, n: int, chained: int, tree: str | None = None) -> dict:

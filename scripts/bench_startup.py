@@ -39,14 +39,15 @@ CARDS = {"iso": ["--card", "emulated", "--type", "iso"],
          "piv (existing)": ["--card", "emulated"]}
 
 
-def start_once(card: str, importtime: bool = False) -> dict:
+def start_once(card: str, importtime: bool = False, tree: str | None = None) -> dict:
     import bench_guest
+    from bench_floor import daemon_command
 
     state = STATE / card.split()[0]
     if card == "piv (fresh)" and state.exists():
         shutil.rmtree(state)
-    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "ccidgadget",
-               *CARDS[card], "--state-dir", str(state)]
+    command = daemon_command(tree, (*CARDS[card], "--state-dir", str(state)),
+                             ("-X", "importtime") if importtime else ())
     err = OUT / "bench-startup-stderr.log"
     with open(err, "w") as stderr:
         t0 = time.monotonic()
@@ -85,12 +86,12 @@ def imports(text: str) -> dict:
             "top": top[:12]}
 
 
-def measure(runs: int) -> dict:
+def measure(runs: int, tree: str | None = None) -> dict:
     results: dict[str, list[dict]] = {card: [] for card in CARDS}
     for r in range(runs):
         for card in CARDS:
-            results[card].append(start_once(card))
-    profile = {card: start_once(card, importtime=True) for card in ("iso", "piv (fresh)")}
+            results[card].append(start_once(card, tree=tree))
+    profile = {card: start_once(card, importtime=True, tree=tree) for card in ("iso", "piv (fresh)")}
     python = []
     for _ in range(3):
         t = time.monotonic()
@@ -120,25 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest", action="store_true", help="measure here (inside a guest or on a UDC machine)")
     ap.add_argument("--flavour", default="amd64", choices=("amd64", "arm64"))
     ap.add_argument("--runs", type=int, default=3, help="starts per card (default 3)")
+    ap.add_argument("--rev", help="the daemon as of this git revision (bench_floor.py --rev)")
+    ap.add_argument("--tree", help="(with --guest) run the daemon from this directory's ccidgadget/ package")
     args = ap.parse_args(argv)
+    from bench_floor import export_rev
     from bench_piv import have_gadget_stack
 
     if args.guest:
-        print(RESULT_TAG + json.dumps(measure(args.runs)), flush=True)
+        print(RESULT_TAG + json.dumps(measure(args.runs, args.tree)), flush=True)
         return 0
+    label, tree = export_rev(args.rev) if args.rev else ("daemon", None)
     if have_gadget_stack():
-        report(os.uname().machine, measure(args.runs))
+        report(f"{os.uname().machine}, {label}", measure(args.runs, tree))
         return 0
     from tests.vm import testbed
 
     # .pyc files made here for what changed: the guest's tree is a tmpfs overlay, it compiles at every boot
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "ccidgadget")], check=False)
     prepared = testbed.prepare(flavour_name=args.flavour)
-    res = testbed.run([prepared.guest_python, str(Path(__file__).resolve()), "--guest", "--runs", str(args.runs)],
+    res = testbed.run([prepared.guest_python, str(Path(__file__).resolve()), "--guest", "--runs", str(args.runs),
+                       *(["--tree", tree] if tree else [])],
                       timeout=1200, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
     for line in res.output.splitlines():
         if line.startswith(RESULT_TAG):
-            report(f"{args.flavour} guest", json.loads(line[len(RESULT_TAG):]))
+            report(f"{args.flavour} guest, {label}", json.loads(line[len(RESULT_TAG):]))
             return 0
     print(res.describe(tail=40), file=sys.stderr)
     return 1
