@@ -126,6 +126,15 @@ class Card(abc.ABC):
         """
         return None
 
+    def transmit_threaded(self, apdu: bytes) -> "concurrent.futures.Future[bytes] | None":
+        """The response APDU as a future that a worker thread of the engine completes, if the engine works
+        that way, else None (then `transmit`).  Raises CardError at once for what `transmit` would refuse.
+
+        The reader service asks this after `transmit_now`: the answer then comes back to the loop in one
+        hop (a done callback), where an awaited executor call costs a task and three turns of the loop.
+        """
+        return None
+
 
 class EmulatedCard(Card):
     """Base for cards computed on the board.
@@ -219,6 +228,14 @@ class EmulatedCard(Card):
         if len(apdu) >= 2 and apdu[1] in self.QUICK_INS and self._powered and self.present:
             return self.process_apdu(bytes(apdu))
         return None
+
+    def transmit_threaded(self, apdu: bytes) -> "concurrent.futures.Future[bytes]":
+        # what transmit() does for a command that is not QUICK_INS (transmit_now answered those)
+        if not self.present:
+            raise CardAbsent("no card in the slot")
+        if not self._powered:
+            raise CardMute("card is not powered")
+        return self._executor.submit(self.process_apdu, bytes(apdu))
 
     # -- what a concrete emulated card provides -----------------------------
     @abc.abstractmethod

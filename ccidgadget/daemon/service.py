@@ -7,7 +7,8 @@ and call the `HostSide` methods.
 
 Flow for one XfrBlock:
     transport -> service.bulk_out(bytes) -> Reader.receive_bulk_out
-    Reader emits Transmit(slot, token, apdu) -> a task awaits card.transmit
+    Reader emits Transmit(slot, token, apdu) -> the card answers at once (transmit_now), or its worker
+    thread's future calls back (transmit_threaded), or a task awaits card.transmit
     -> Reader.card_answer(token, rapdu) -> BulkIn(message) -> transport.send_bulk_in
 While a card works, the host is asked for more time (CCID rev 1.1 §6.2.6, bmCommandStatus 2) so its read
 timeout never expires; `_Requests` is the one place that knows the outstanding requests and when each is
@@ -17,6 +18,7 @@ due for its next time extension.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
@@ -86,7 +88,8 @@ class SlotStatus:
 @dataclass
 class _Request:
     slot: int
-    task: asyncio.Task
+    #: what works on it: an asyncio task, or the future of a card's worker thread (`Card.transmit_threaded`)
+    task: asyncio.Task | concurrent.futures.Future
     #: loop time at which the host is due its next time extension
     due: float
 
@@ -105,7 +108,7 @@ class _Requests:
         self._by_token: dict[int, _Request] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, token: int, slot: int, task: asyncio.Task) -> None:
+    def add(self, token: int, slot: int, task: asyncio.Task | concurrent.futures.Future) -> None:
         loop = asyncio.get_running_loop()
         self._by_token[token] = _Request(slot, task, loop.time() + self.interval)
         if self._timer is None:
@@ -119,6 +122,9 @@ class _Requests:
         if cancel:
             request.task.cancel()
         return True
+
+    def active(self, token: int) -> bool:
+        return token in self._by_token
 
     def tokens_of(self, slot: int) -> list[int]:
         return [token for token, request in self._by_token.items() if request.slot == slot]
@@ -254,7 +260,7 @@ class ReaderService:
             if self.transport is not None:
                 self.transport.send_bulk_in(event.data)
         elif isinstance(event, Transmit):
-            if not self._transmit_now(event):
+            if not self._transmit_now(event) and not self._transmit_threaded(event):
                 self._start(event.slot, event.token, lambda e=event: self._transmit(e.slot, e.apdu))
         elif isinstance(event, InterruptPending):
             if self.transport is not None:
@@ -304,6 +310,45 @@ class ReaderService:
             return True
         self.reader.card_answer(event.token, rapdu)
         return True
+
+    def _transmit_threaded(self, event: Transmit) -> bool:
+        """Hand `event` to its card's worker thread if it has one (`Card.transmit_threaded`); True if it did
+        (or if the card refused it at once: then it is answered already)."""
+        slot, token = event.slot, event.token
+        try:
+            future = self.cards[slot].transmit_threaded(event.apdu)
+        except CardError as e:
+            self._failed(slot, token, e, outstanding=True)
+            return True
+        except Exception as e:              # an engine bug (or its worker shut down): a hardware error
+            log.exception("slot %d: card engine failed", slot)
+            self._failed(slot, token, CardHardwareError(repr(e)), outstanding=True)
+            return True
+        if future is None:
+            return False
+        self.stats[slot].apdus += 1
+        self._requests.add(token, slot, future)
+        loop = asyncio.get_running_loop()
+        # runs on the worker thread (or here, if cancelled before it started): back to the loop in one hop
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._threaded_done, slot, token, f))
+        return True
+
+    def _threaded_done(self, slot: int, token: int, future: concurrent.futures.Future) -> None:
+        if not self._requests.active(token):
+            return                          # the core cancelled it (abort, reset, removal): nothing to answer
+        try:
+            rapdu = future.result()
+            if len(rapdu) < 2:
+                raise CardMute(f"engine returned a {len(rapdu)}-byte response")
+        except CardError as e:
+            self._failed(slot, token, e)
+        except Exception as e:              # an engine bug: a hardware error, never a dead slot
+            log.exception("slot %d: card engine failed", slot)
+            self._failed(slot, token, CardHardwareError(repr(e)))
+        else:
+            self._requests.end(token)
+            self.reader.card_answer(token, rapdu)
+        self._flush()
 
     async def _transmit(self, slot: int, apdu: bytes) -> bytes:
         self.stats[slot].apdus += 1
