@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Start to READY and resident memory of the daemon, per card, and where the start-up time goes.
 
-    scripts/bench_startup.py [--flavour amd64|arm64] [--runs 3]     # boots one guest (or here on a UDC machine)
-    scripts/bench_startup.py --guest [--runs 3]                       # inside a guest
+    scripts/bench_startup.py [--flavour amd64|arm64] [--runs 3] [--rev REV ...] [--no-tree]
+    scripts/bench_startup.py --guest [--runs 3] [--tree LABEL=DIR ...]       # inside a guest
 
 For the ISO card, a fresh PIV card (a new state directory each run: PIN/PUK derivation, attestation key)
 and an existing PIV card: ``runs`` daemon starts each, timed from launch to the gadget bound to the UDC
@@ -11,7 +11,9 @@ and an existing PIV card: ``runs`` daemon starts each, timed from launch to the 
 bench_floor.py and profile_apdu.py give it after APDUs).  Then one start of the ISO and the fresh PIV
 card with ``python -X importtime``: the import share of the start and the heaviest top-level imports.
 
-Printed per card: each run's time to bound and RSS, their median and best.  Nothing is asserted.
+Printed per card: each run's time to bound and RSS, their median and best.  ``--rev REV`` adds the
+daemon as of a git revision (bench_floor.py's exported trees), started in the same guest, alternating
+with the others run by run.  Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def start_once(card: str, importtime: bool = False, tree: str | None = None) -> 
 
 
 def imports(text: str) -> dict:
-    """-X importtime's lines: the total (sum of self times) and the top-level imports by cumulative time."""
-    total, top = 0, []
+    """-X importtime's lines: the total (sum of self times), the top-level imports by cumulative time and
+    the modules by their own time."""
+    total, top, own = 0, [], []
     for line in text.splitlines():
         if not line.startswith("import time:") or "|" not in line:
             continue
@@ -79,19 +82,23 @@ def imports(text: str) -> dict:
         if not self_us.isdigit():
             continue                                 # the header line
         total += int(self_us)
+        own.append((int(self_us), name.strip()))
         if not name.startswith(" "):
             top.append((int(cumulative), name.strip()))
     top.sort(reverse=True)
-    return {"total_us": total, "modules": sum(1 for line in text.splitlines() if line.startswith("import time:")) - 1,
-            "top": top[:12]}
+    own.sort(reverse=True)
+    return {"total_us": total, "modules": len(own), "top": top[:12], "own": own[:12]}
 
 
-def measure(runs: int, tree: str | None = None) -> dict:
-    results: dict[str, list[dict]] = {card: [] for card in CARDS}
+def measure(runs: int, trees: dict[str, str | None]) -> dict:
+    """Every card started `runs` times from every tree, the trees alternating run by run."""
+    results: dict[str, dict[str, list[dict]]] = {label: {card: [] for card in CARDS} for label in trees}
     for r in range(runs):
         for card in CARDS:
-            results[card].append(start_once(card, tree=tree))
-    profile = {card: start_once(card, importtime=True, tree=tree) for card in ("iso", "piv (fresh)")}
+            for label, tree in trees.items():
+                results[label][card].append(start_once(card, tree=tree))
+    profile = {label: {card: start_once(card, importtime=True, tree=tree) for card in ("iso", "piv (fresh)")}
+               for label, tree in trees.items()}
     python = []
     for _ in range(3):
         t = time.monotonic()
@@ -101,19 +108,23 @@ def measure(runs: int, tree: str | None = None) -> dict:
 
 
 def report(where: str, m: dict) -> None:
-    print(f"\n{where}: daemon start to gadget bound (READY) and idle RSS, {len(m['runs']['iso'])} runs per card")
-    for card, runs in m["runs"].items():
-        bound = [r["bound_s"] for r in runs]
-        rss = [r["rss_kib"] / 1024 for r in runs]
-        print(f"  {card:15s} bound {', '.join(f'{b:.2f}' for b in bound)} s (median {statistics.median(bound):.2f},"
-              f" best {min(bound):.2f}); RSS {', '.join(f'{x:.1f}' for x in rss)} MiB")
+    for label, cards in m["runs"].items():
+        print(f"\n{where}, {label}: daemon start to gadget bound (READY) and idle RSS, "
+              f"{len(cards['iso'])} runs per card, alternating with the other trees")
+        for card, runs in cards.items():
+            bound = [r["bound_s"] for r in runs]
+            rss = [r["rss_kib"] / 1024 for r in runs]
+            print(f"  {card:15s} bound {', '.join(f'{b:.2f}' for b in bound)} s (median {statistics.median(bound):.2f},"
+                  f" best {min(bound):.2f}); RSS {', '.join(f'{x:.1f}' for x in rss)} MiB")
     print(f"  (python -c pass: {m['python_s']:.2f} s)")
-    for card, p in m["profile"].items():
-        imp = p["imports"]
-        print(f"  {card}: with -X importtime bound {p['bound_s']:.2f} s; {imp['modules']} modules imported in "
-              f"{imp['total_us'] / 1e6:.2f} s; heaviest top-level imports (cumulative):")
-        for cumulative, name in imp["top"]:
-            print(f"      {cumulative / 1e3:8.0f} ms  {name}")
+    for label, profile in m["profile"].items():
+        for card, p in profile.items():
+            imp = p["imports"]
+            print(f"  {label}, {card}: with -X importtime bound {p['bound_s']:.2f} s; {imp['modules']} modules "
+                  f"imported in {imp['total_us'] / 1e6:.2f} s; heaviest top-level imports (cumulative), then "
+                  f"modules by own time:")
+            for (cumulative, name), (own, oname) in zip(imp["top"], imp["own"]):
+                print(f"      {cumulative / 1e3:8.0f} ms  {name:40s} {own / 1e3:8.0f} ms  {oname}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,18 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest", action="store_true", help="measure here (inside a guest or on a UDC machine)")
     ap.add_argument("--flavour", default="amd64", choices=("amd64", "arm64"))
     ap.add_argument("--runs", type=int, default=3, help="starts per card (default 3)")
-    ap.add_argument("--rev", help="the daemon as of this git revision (bench_floor.py --rev)")
-    ap.add_argument("--tree", help="(with --guest) run the daemon from this directory's ccidgadget/ package")
+    ap.add_argument("--rev", action="append", default=[],
+                    help="also the daemon as of this git revision (bench_floor.py --rev), alternating")
+    ap.add_argument("--no-tree", action="store_true", help="leave out the working tree's daemon (with --rev)")
+    ap.add_argument("--tree", action="append", default=[],
+                    help="(with --guest) LABEL=DIR: a daemon from DIR's ccidgadget/ package")
     args = ap.parse_args(argv)
     from bench_floor import export_rev
     from bench_piv import have_gadget_stack
 
     if args.guest:
-        print(RESULT_TAG + json.dumps(measure(args.runs, args.tree)), flush=True)
+        trees = dict(t.split("=", 1) for t in args.tree) if args.tree else {"daemon": None}
+        print(RESULT_TAG + json.dumps(measure(args.runs, {k: v or None for k, v in trees.items()})), flush=True)
         return 0
-    label, tree = export_rev(args.rev) if args.rev else ("daemon", None)
+    trees = {} if args.no_tree and args.rev else {"daemon": None}
+    trees.update(export_rev(rev) for rev in args.rev)
     if have_gadget_stack():
-        report(f"{os.uname().machine}, {label}", measure(args.runs, tree))
+        report(os.uname().machine, measure(args.runs, trees))
         return 0
     from tests.vm import testbed
 
@@ -140,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "ccidgadget")], check=False)
     prepared = testbed.prepare(flavour_name=args.flavour)
     res = testbed.run([prepared.guest_python, str(Path(__file__).resolve()), "--guest", "--runs", str(args.runs),
-                       *(["--tree", tree] if tree else [])],
-                      timeout=1200, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
+                       *(a for label, tree in trees.items() for a in ("--tree", f"{label}={tree or ''}"))],
+                      timeout=2400, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
     for line in res.output.splitlines():
         if line.startswith(RESULT_TAG):
-            report(f"{args.flavour} guest, {label}", json.loads(line[len(RESULT_TAG):]))
+            report(f"{args.flavour} guest", json.loads(line[len(RESULT_TAG):]))
             return 0
     print(res.describe(tail=40), file=sys.stderr)
     return 1
