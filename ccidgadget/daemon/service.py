@@ -334,21 +334,16 @@ class ReaderService:
         return True
 
     def _threaded_done(self, slot: int, token: int, future: concurrent.futures.Future) -> None:
-        if not self._requests.active(token):
+        if future.cancelled() or not self._requests.active(token):
             return                          # the core cancelled it (abort, reset, removal): nothing to answer
         try:
             rapdu = future.result()
             if len(rapdu) < 2:
                 raise CardMute(f"engine returned a {len(rapdu)}-byte response")
-        except CardError as e:
-            self._failed(slot, token, e)
-        except Exception as e:              # an engine bug: a hardware error, never a dead slot
-            log.exception("slot %d: card engine failed", slot)
-            self._failed(slot, token, CardHardwareError(repr(e)))
+        except Exception as e:
+            self._conclude(slot, token, error=e)
         else:
-            self._requests.end(token)
-            self.reader.card_answer(token, rapdu)
-        self._flush()
+            self._conclude(slot, token, rapdu)
 
     async def _transmit(self, slot: int, apdu: bytes) -> bytes:
         self.stats[slot].apdus += 1
@@ -377,14 +372,21 @@ class ReaderService:
             data = await work()
         except asyncio.CancelledError:
             return                          # the core cancelled it: nothing to answer
-        except CardError as e:
-            self._failed(slot, token, e)
-        except Exception as e:              # an engine bug: a hardware error, never a dead slot
-            log.exception("slot %d: card engine failed", slot)
-            self._failed(slot, token, CardHardwareError(repr(e)))
+        except Exception as e:
+            self._conclude(slot, token, error=e)
         else:
+            self._conclude(slot, token, data)
+
+    def _conclude(self, slot: int, token: int, data: bytes = b"", *, error: Exception | None = None) -> None:
+        """Request `token` ended with `data` or `error`: the host's answer, unless the core dropped it meanwhile."""
+        if error is None:
             if self._requests.end(token):
                 self.reader.card_answer(token, data)
+        elif isinstance(error, CardError):
+            self._failed(slot, token, error)
+        else:                               # an engine bug: a hardware error, never a dead slot
+            log.error("slot %d: card engine failed", slot, exc_info=error)
+            self._failed(slot, token, CardHardwareError(repr(error)))
         self._flush()
 
     def _failed(self, slot: int, token: int, error: CardError, *, cancel: bool = False,
