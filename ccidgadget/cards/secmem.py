@@ -22,9 +22,10 @@ ordinary heap memory until the allocator reuses it.  The PIN or PUK a host sends
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
+
+from ..libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,8 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024           # glibc's default
 PAGE = mmap.PAGESIZE
 
-_libc = None
-
-
 def _c():
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            _libc = False
-    return _libc or None
+    return libc()
 
 
 _state = {"dumpable_off": False, "mlock": None, "dontdump": None, "mmap_threshold": None}

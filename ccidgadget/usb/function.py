@@ -22,8 +22,10 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Callable
 
-import functionfs
-from functionfs import ch9
+from . import libaio_import  # noqa: F401  (before functionfs: no ldconfig run at start)
+
+import functionfs  # noqa: E402
+from functionfs import ch9  # noqa: E402
 
 from .descriptors import ccid_descriptors
 from .ffs_compat import (LeanEventsFunction, ParkingOutEndpoint, ReusingInEndpoint,
