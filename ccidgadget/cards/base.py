@@ -126,12 +126,14 @@ class Card(abc.ABC):
         """
         return None
 
-    def transmit_threaded(self, apdu: bytes) -> "concurrent.futures.Future[bytes] | None":
-        """The response APDU as a future that a worker thread of the engine completes, if the engine works
-        that way, else None (then `transmit`).  Raises CardError at once for what `transmit` would refuse.
+    def transmit_future(self, apdu: bytes) -> "concurrent.futures.Future[bytes] | asyncio.Future[bytes] | None":
+        """The response APDU as a future, if the engine can start the command now: a future its worker
+        thread completes (emulated cards) or one it resolves from the loop when the answer arrives (the
+        network engines); else None (then `transmit`).  Raises CardError at once for what `transmit` would
+        refuse.  Cancelling the future gives the command up, as cancelling `transmit` does.
 
-        The reader service asks this after `transmit_now`: the answer then comes back to the loop in one
-        hop (a done callback), where an awaited executor call costs a task and three turns of the loop.
+        The reader service asks this after `transmit_now`: the answer then reaches the host from the future's
+        done callback, where a task awaiting `transmit` costs three or four more turns of the loop.
         """
         return None
 
@@ -229,7 +231,7 @@ class EmulatedCard(Card):
             return self.process_apdu(bytes(apdu))
         return None
 
-    def transmit_threaded(self, apdu: bytes) -> "concurrent.futures.Future[bytes]":
+    def transmit_future(self, apdu: bytes) -> "concurrent.futures.Future[bytes]":
         # what transmit() does for a command that is not QUICK_INS (transmit_now answered those)
         if not self.present:
             raise CardAbsent("no card in the slot")

@@ -7,8 +7,8 @@ and call the `HostSide` methods.
 
 Flow for one XfrBlock:
     transport -> service.bulk_out(bytes) -> Reader.receive_bulk_out
-    Reader emits Transmit(slot, token, apdu) -> the card answers at once (transmit_now), or its worker
-    thread's future calls back (transmit_threaded), or a task awaits card.transmit
+    Reader emits Transmit(slot, token, apdu) -> the card answers at once (transmit_now), or the future it
+    returns calls back (transmit_future: a worker thread, a network peer), or a task awaits card.transmit
     -> Reader.card_answer(token, rapdu) -> BulkIn(message) -> transport.send_bulk_in
 While a card works, the host is asked for more time (CCID rev 1.1 §6.2.6, bmCommandStatus 2) so its read
 timeout never expires; `_Requests` is the one place that knows the outstanding requests and when each is
@@ -88,7 +88,7 @@ class SlotStatus:
 @dataclass
 class _Request:
     slot: int
-    #: what works on it: an asyncio task, or the future of a card's worker thread (`Card.transmit_threaded`)
+    #: what works on it: an asyncio task, or the future of the card's command (`Card.transmit_future`)
     task: asyncio.Task | concurrent.futures.Future
     #: loop time at which the host is due its next time extension
     due: float
@@ -260,7 +260,7 @@ class ReaderService:
             if self.transport is not None:
                 self.transport.send_bulk_in(event.data)
         elif isinstance(event, Transmit):
-            if not self._transmit_now(event) and not self._transmit_threaded(event):
+            if not self._transmit_now(event) and not self._transmit_future(event):
                 self._start(event.slot, event.token, lambda e=event: self._transmit(e.slot, e.apdu))
         elif isinstance(event, InterruptPending):
             if self.transport is not None:
@@ -311,12 +311,12 @@ class ReaderService:
         self.reader.card_answer(event.token, rapdu)
         return True
 
-    def _transmit_threaded(self, event: Transmit) -> bool:
-        """Hand `event` to its card's worker thread if it has one (`Card.transmit_threaded`); True if it did
-        (or if the card refused it at once: then it is answered already)."""
+    def _transmit_future(self, event: Transmit) -> bool:
+        """Start `event` on its card if it gives a future for it (`Card.transmit_future`); True if it did (or
+        if the card refused it at once: then it is answered already)."""
         slot, token = event.slot, event.token
         try:
-            future = self.cards[slot].transmit_threaded(event.apdu)
+            future = self.cards[slot].transmit_future(event.apdu)
         except CardError as e:
             self._failed(slot, token, e, outstanding=True)
             return True
@@ -328,12 +328,15 @@ class ReaderService:
             return False
         self.stats[slot].apdus += 1
         self._requests.add(token, slot, future)
-        loop = asyncio.get_running_loop()
-        # runs on the worker thread (or here, if cancelled before it started): back to the loop in one hop
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._threaded_done, slot, token, f))
+        if isinstance(future, asyncio.Future):
+            future.add_done_callback(lambda f: self._future_done(slot, token, f))      # called from the loop
+        else:
+            loop = asyncio.get_running_loop()
+            # called on the worker thread (or here, if cancelled before it started): one hop to the loop
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._future_done, slot, token, f))
         return True
 
-    def _threaded_done(self, slot: int, token: int, future: concurrent.futures.Future) -> None:
+    def _future_done(self, slot: int, token: int, future) -> None:
         if future.cancelled() or not self._requests.active(token):
             return                          # the core cancelled it (abort, reset, removal): nothing to answer
         try:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Commands an emulated card runs on its worker thread (`Card.transmit_threaded`): answered through the
+"""Commands an emulated card runs on its worker thread (`Card.transmit_future`): answered through the
 worker's future, time-extended while they run, dropped when the host aborts them, and an engine bug is a
 hardware error that leaves the slot working."""
 
