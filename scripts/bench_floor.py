@@ -22,7 +22,9 @@ run-to-run spread of the medians ((max - min) / min), then ours/floor from the b
 ``--rev REV`` (repeatable) adds the daemon as of git revision REV as one more variant (its
 ``ccidgadget/`` exported to .cache/bench-rev/, run with that package first on sys.path), so a change
 is measured before and after in the same run, every variant alternating with the others;
-``--no-tree`` leaves out the working tree's daemon.
+``--no-tree`` leaves out the working tree's daemon.  ``--one-boot`` runs every round of every variant
+in one guest boot instead of one boot per run: the variants then alternate every few seconds, which
+a machine whose load changes from minute to minute needs.
 Under TCG every figure is far slower than on a board; only the ratio carries over.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,6 +85,7 @@ def daemon_command(tree: str | None, args: tuple[str, ...] = ("--card", "emulate
 
 
 def measure(variant: str, n: int, chained: int, tree: str | None = None) -> dict:
+    shutil.rmtree("/tmp/ccidgadget-bench-state", ignore_errors=True)   # a fresh card, as in a fresh boot
     if variant == "daemon":
         stack = bench_guest.Stack(command=daemon_command(tree))
     else:
@@ -179,7 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", help="(with --guest) run the daemon from this directory's ccidgadget/ package")
     ap.add_argument("--rev", action="append", default=[], help="also measure the daemon as of this git revision")
     ap.add_argument("--no-tree", action="store_true", help="leave out the working tree's daemon (with --rev)")
+    ap.add_argument("--one-boot", action="store_true",
+                    help="every round of every variant in one guest boot (finer alternation, no boot per run)")
+    ap.add_argument("--all", action="append", default=[],
+                    help="(with --guest) LABEL=TREE: run every variant --rounds times here, alternating")
     args = ap.parse_args(argv)
+    if args.guest and args.all:
+        trees = {label: tree or None for label, tree in (a.split("=", 1) for a in args.all)}
+        results = {}
+
+        def here(label, variant, tree):
+            results.setdefault(label, []).append(measure(variant, args.n, args.chained, tree))
+        rounds(None, args, {k: v for k, v in trees.items() if k != "floor"}, None, here)
+        print(RESULT_TAG + json.dumps(results), flush=True)
+        return 0
     if args.guest:
         print(RESULT_TAG + json.dumps(measure(args.variant, args.n, args.chained, args.tree)), flush=True)
         return 0
@@ -195,13 +212,26 @@ def main(argv: list[str] | None = None) -> int:
 
     for flavour in args.flavour or ["amd64", "arm64"]:
         prepared = testbed.prepare(flavour_name=flavour)
+        if args.one_boot:
+            t0 = time.monotonic()
+            cmd = [prepared.guest_python, str(Path(__file__).resolve()), "--guest", "-n", str(args.n),
+                   "--chained", str(args.chained), "--rounds", str(args.rounds),
+                   *(a for label, tree in {**trees, "floor": None}.items() for a in ("--all", f"{label}={tree or ''}"))]
+            res = testbed.run(cmd, timeout=900 * args.rounds, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
+            line = next((x for x in res.output.splitlines() if x.startswith(RESULT_TAG)), None)
+            if line is None:
+                raise RuntimeError(f"{prepared.flavour} guest: no result\n{res.describe(tail=40)}")
+            report(f"{flavour} guest, one boot", json.loads(line[len(RESULT_TAG):]))
+            print(f"  ({time.monotonic() - t0:.0f} s)", flush=True)
+            continue
         rounds(f"{flavour} guest", args, trees,
                lambda variant, tree: run_guest(testbed, prepared, variant, args.n, args.chained, tree))
     return 0
 
 
-def rounds(where: str, args, trees: dict[str, str | None], one) -> None:
-    """`args.rounds` runs of every variant; each round starts one variant later, so each goes first in turn."""
+def rounds(where: str | None, args, trees: dict[str, str | None], one, each=None) -> None:
+    """`args.rounds` runs of every variant; each round starts one variant later, so each goes first in turn.
+    `one(kind, tree)` measures; or `each(label, kind, tree)` is told to and nothing is reported here."""
     variants = [*trees, "floor"]
     results: dict[str, list[dict]] = {v: [] for v in variants}
     t0 = time.monotonic()
@@ -209,9 +239,13 @@ def rounds(where: str, args, trees: dict[str, str | None], one) -> None:
         k = r % len(variants)
         for variant in variants[k:] + variants[:k]:
             kind = "floor" if variant == "floor" else "daemon"
-            results[variant].append(one(kind, trees.get(variant)))
-    report(where, results)
-    print(f"  ({time.monotonic() - t0:.0f} s for {len(variants) * args.rounds} runs)", flush=True)
+            if each is not None:
+                each(variant, kind, trees.get(variant))
+            else:
+                results[variant].append(one(kind, trees.get(variant)))
+    if each is None:
+        report(where, results)
+        print(f"  ({time.monotonic() - t0:.0f} s for {len(variants) * args.rounds} runs)", flush=True)
 
 
 if __name__ == "__main__":
