@@ -53,6 +53,8 @@ def main() -> int:
         if not result.ok:
             print(result.describe(tail=40), file=sys.stderr)
             rc |= 1
+    print("\n## start to READY and idle RSS per card, and the imports that cost the start", flush=True)
+    rc |= run([sys.executable, str(SCRIPTS / "bench_startup.py")])
     print("\n## the floor: ours/floor per APDU, alternating guest boots, on x86-64 and on arm64", flush=True)
     rc |= run([sys.executable, str(SCRIPTS / "bench_floor.py")])
     print("\n## QEMU's own usb-ccid in the guest: libcacard's ccid-card-emulated vs vscard-card", flush=True)

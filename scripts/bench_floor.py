@@ -2,7 +2,8 @@
 """ours/floor: the daemon with its default PIV card against the floor responder, same run, same stack.
 
     scripts/bench_floor.py [--flavour amd64 --flavour arm64] [--rounds 3] [-n 300] [--chained 30]
-    scripts/bench_floor.py --guest --variant daemon|floor       # one measurement, inside a guest
+                           [--rev REV ...] [--no-tree]
+    scripts/bench_floor.py --guest --variant daemon|floor [--tree DIR]   # one measurement, inside a guest
 
 Each round boots one guest per variant, alternating which goes first, so machine noise hits both:
 the daemon (``ccidgadget --card emulated``, a fresh PIV card) or scripts/floor_responder.py (same
@@ -17,6 +18,13 @@ and pyscard ``transmit`` times:
 
 Printed per flavour and variant: each run's median and p90, the best median of the runs and the
 run-to-run spread of the medians ((max - min) / min), then ours/floor from the best medians.
+
+``--rev REV`` (repeatable) adds the daemon as of git revision REV as one more variant (its
+``ccidgadget/`` exported to .cache/bench-rev/, run with that package first on sys.path), so a change
+is measured before and after in the same run, every variant alternating with the others;
+``--no-tree`` leaves out the working tree's daemon.  ``--one-boot`` runs every round of every variant
+in one guest boot instead of one boot per run: the variants then alternate every few seconds, which
+a machine whose load changes from minute to minute needs.
 Under TCG every figure is far slower than on a board; only the ratio carries over.
 """
 
@@ -25,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,9 +71,23 @@ def object_data(tag: bytes, total: int) -> bytes:
 # --------------------------------------------------------------------------- in the guest
 
 
-def measure(variant: str, n: int, chained: int) -> dict:
+def daemon_command(tree: str | None, args: tuple[str, ...] = ("--card", "emulated", "--state-dir",
+                                                              "/tmp/ccidgadget-bench-state"),
+                   python: tuple[str, ...] = ()) -> list[str]:
+    """The daemon (default: with a fresh PIV card); from `tree` (a directory holding a ccidgadget/ package)
+    if given; `python`: interpreter options."""
+    if tree is None:
+        return [sys.executable, *python, "-m", "ccidgadget", *args]
+    code = (f"import sys, runpy; sys.path.insert(0, {tree!r}); import ccidgadget; "
+            f"print('ccidgadget from', ccidgadget.__file__, file=sys.stderr, flush=True); "
+            f"runpy.run_module('ccidgadget', run_name='__main__', alter_sys=True)")
+    return [sys.executable, *python, "-c", code, *args]
+
+
+def measure(variant: str, n: int, chained: int, tree: str | None = None) -> dict:
+    shutil.rmtree("/tmp/ccidgadget-bench-state", ignore_errors=True)   # a fresh card, as in a fresh boot
     if variant == "daemon":
-        stack = bench_guest.Stack("--card", "emulated")
+        stack = bench_guest.Stack(command=daemon_command(tree))
     else:
         stack = bench_guest.Stack(command=[sys.executable, str(REPO / "scripts" / "floor_responder.py"),
                                            "--read-size", str(READ_SIZE)])
@@ -94,9 +118,24 @@ def measure(variant: str, n: int, chained: int) -> dict:
 # --------------------------------------------------------------------------- on the host
 
 
-def run_guest(testbed, prepared, variant: str, n: int, chained: int) -> dict:
+def export_rev(rev: str) -> tuple[str, str]:
+    """(label, directory): REV's ccidgadget/ package under .cache/bench-rev/SHA (the guest sees the checkout)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True, text=True,
+                         stdout=subprocess.PIPE).stdout.strip()
+    target = REPO / ".cache" / "bench-rev" / sha
+    if not (target / "ccidgadget" / "__init__.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "ccidgadget"], check=True,
+                                 stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        # compiled here: under TCG the guest would compile it again at every boot (its tree is a tmpfs overlay)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(target)], check=True)
+    return f"daemon@{sha}", str(target)
+
+
+def run_guest(testbed, prepared, variant: str, n: int, chained: int, tree: str | None = None) -> dict:
     cmd = [prepared.guest_python, str(Path(__file__).resolve()), "--guest", "--variant", variant,
-           "-n", str(n), "--chained", str(chained)]
+           "-n", str(n), "--chained", str(chained), *(["--tree", tree] if tree else [])]
     res = testbed.run(cmd, timeout=900, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
     for line in res.output.splitlines():
         if line.startswith(RESULT_TAG):
@@ -113,18 +152,23 @@ def summary(runs: list[dict], workload: str) -> tuple[list[tuple[float, float]],
 
 
 def report(where: str, results: dict[str, list[dict]]) -> None:
-    print(f"\n{where}: {len(results['daemon'])} runs per variant, alternating; pyscard transmit through "
+    print(f"\n{where}: {len(results['floor'])} runs per variant, alternating; pyscard transmit through "
           "pcscd + libccid + dummy_hcd", flush=True)
+    ours = [v for v in results if v != "floor"]
+    width = max(len(v) for v in results)
     for workload in WORKLOADS:
         best = {}
-        for variant in ("daemon", "floor"):
+        for variant in results:
             per_run, best[variant], spread = summary(results[variant], workload)
             runs = ", ".join(f"{m:.2f}/{p:.2f}" for m, p in per_run)
-            print(f"  {workload:24s} {variant:6s} median/p90 per run (ms): {runs}; best median {best[variant]:.2f} ms,"
-                  f" spread {spread * 100:.0f} %")
-        print(f"  {workload:24s} ours/floor = {best['daemon'] / best['floor']:.2f}")
-    bound = [r["bound_s"] for r in results["daemon"]]
-    print(f"  daemon start to gadget bound (fresh PIV card): {', '.join(f'{b:.2f}' for b in bound)} s")
+            print(f"  {workload:24s} {variant:{width}s} median/p90 per run (ms): {runs}; best median "
+                  f"{best[variant]:.2f} ms, spread {spread * 100:.0f} %")
+        for variant in ours:
+            label = "ours/floor" if variant == "daemon" else f"{variant}/floor"
+            print(f"  {workload:24s} {label} = {best[variant] / best['floor']:.2f}")
+    for variant in ours:
+        bound = [r["bound_s"] for r in results[variant]]
+        print(f"  {variant} start to gadget bound (fresh PIV card): {', '.join(f'{b:.2f}' for b in bound)} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,29 +180,72 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="boots per variant (default 3)")
     ap.add_argument("-n", type=int, default=300, help="short SELECTs per boot (default 300)")
     ap.add_argument("--chained", type=int, default=30, help="chained reads and writes per boot (default 30)")
+    ap.add_argument("--tree", help="(with --guest) run the daemon from this directory's ccidgadget/ package")
+    ap.add_argument("--rev", action="append", default=[], help="also measure the daemon as of this git revision")
+    ap.add_argument("--no-tree", action="store_true", help="leave out the working tree's daemon (with --rev)")
+    ap.add_argument("--one-boot", action="store_true",
+                    help="every round of every variant in one guest boot (finer alternation, no boot per run)")
+    ap.add_argument("--all", action="append", default=[],
+                    help="(with --guest) LABEL=TREE: run every variant --rounds times here, alternating")
     args = ap.parse_args(argv)
-    if args.guest:
-        print(RESULT_TAG + json.dumps(measure(args.variant, args.n, args.chained)), flush=True)
+    if args.guest and args.all:
+        trees = {label: tree or None for label, tree in (a.split("=", 1) for a in args.all)}
+        results = {}
+
+        def here(label, variant, tree):
+            results.setdefault(label, []).append(measure(variant, args.n, args.chained, tree))
+        rounds(None, args, {k: v for k, v in trees.items() if k != "floor"}, None, here)
+        print(RESULT_TAG + json.dumps(results), flush=True)
         return 0
+    if args.guest:
+        print(RESULT_TAG + json.dumps(measure(args.variant, args.n, args.chained, args.tree)), flush=True)
+        return 0
+    # .pyc files made here for what changed: the guest's tree is a tmpfs overlay, it compiles at every boot
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "ccidgadget")], check=False)
+    trees: dict[str, str | None] = {} if args.no_tree and args.rev else {"daemon": None}
+    trees.update(export_rev(rev) for rev in args.rev)
     if have_gadget_stack():                 # a board (or a dummy_hcd machine): here, no guests
-        rounds(os.uname().machine, args, lambda variant: measure(variant, args.n, args.chained))
+        rounds(os.uname().machine, args, trees,
+               lambda variant, tree: measure(variant, args.n, args.chained, tree))
         return 0
     from tests.vm import testbed
 
     for flavour in args.flavour or ["amd64", "arm64"]:
         prepared = testbed.prepare(flavour_name=flavour)
-        rounds(f"{flavour} guest", args, lambda variant: run_guest(testbed, prepared, variant, args.n, args.chained))
+        if args.one_boot:
+            t0 = time.monotonic()
+            cmd = [prepared.guest_python, str(Path(__file__).resolve()), "--guest", "-n", str(args.n),
+                   "--chained", str(args.chained), "--rounds", str(args.rounds),
+                   *(a for label, tree in {**trees, "floor": None}.items() for a in ("--all", f"{label}={tree or ''}"))]
+            res = testbed.run(cmd, timeout=900 * args.rounds, cwd=REPO, env={"CCIDGADGET_E2E": "1"}, prepared=prepared)
+            line = next((x for x in res.output.splitlines() if x.startswith(RESULT_TAG)), None)
+            if line is None:
+                raise RuntimeError(f"{prepared.flavour} guest: no result\n{res.describe(tail=40)}")
+            report(f"{flavour} guest, one boot", json.loads(line[len(RESULT_TAG):]))
+            print(f"  ({time.monotonic() - t0:.0f} s)", flush=True)
+            continue
+        rounds(f"{flavour} guest", args, trees,
+               lambda variant, tree: run_guest(testbed, prepared, variant, args.n, args.chained, tree))
     return 0
 
 
-def rounds(where: str, args, one) -> None:
-    results: dict[str, list[dict]] = {"daemon": [], "floor": []}
+def rounds(where: str | None, args, trees: dict[str, str | None], one, each=None) -> None:
+    """`args.rounds` runs of every variant; each round starts one variant later, so each goes first in turn.
+    `one(kind, tree)` measures; or `each(label, kind, tree)` is told to and nothing is reported here."""
+    variants = [*trees, "floor"]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     t0 = time.monotonic()
     for r in range(args.rounds):
-        for variant in (("daemon", "floor") if r % 2 == 0 else ("floor", "daemon")):
-            results[variant].append(one(variant))
-    report(where, results)
-    print(f"  ({time.monotonic() - t0:.0f} s for {2 * args.rounds} runs)", flush=True)
+        k = r % len(variants)
+        for variant in variants[k:] + variants[:k]:
+            kind = "floor" if variant == "floor" else "daemon"
+            if each is not None:
+                each(variant, kind, trees.get(variant))
+            else:
+                results[variant].append(one(kind, trees.get(variant)))
+    if each is None:
+        report(where, results)
+        print(f"  ({time.monotonic() - t0:.0f} s for {len(variants) * args.rounds} runs)", flush=True)
 
 
 if __name__ == "__main__":

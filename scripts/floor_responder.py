@@ -40,7 +40,7 @@ from ccidgadget.cards.piv.applet import ATR_HISTORICAL  # noqa: E402
 from ccidgadget.ccid import ClassDescriptor  # noqa: E402
 from ccidgadget.ccid.config import ReaderConfig  # noqa: E402
 from ccidgadget.ccid.constants import MessageType  # noqa: E402
-from ccidgadget.daemon.config import Config  # noqa: E402
+from ccidgadget.options import DaemonOptions  # noqa: E402
 from ccidgadget.usb.descriptors import ccid_descriptors  # noqa: E402
 from ccidgadget.usb.gadget import ConfigfsGadget  # noqa: E402
 
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--read-size", type=int, default=4096,
                     help="filler bytes before 90 00 in the answer to GET DATA (default 4096)")
     args = ap.parse_args(argv)
-    settings = Config()                          # the daemon's defaults: identity, strings, gadget name
-    gadget = ConfigfsGadget(name=settings.gadget_name, identity=settings.usb_identity(),
+    settings = DaemonOptions()                   # the daemon's defaults: identity, strings, gadget name
+    gadget = ConfigfsGadget(name=settings.gadget_name, identity=settings.usb_identity,
                             runtime_dir=Path("/run/ccidgadget-floor"))
     mount = gadget.create()
     try:

@@ -235,8 +235,10 @@ class AppletCard(EmulatedCard):
                 self._chain = None
                 raise ApduError(SW.WRONG_LENGTH, "chained command too long")
             merged = replace(head, data=data, le=cmd.le, cla=cmd.cla & ~0x10)
-        else:
+        elif cmd.cla & 0x10:
             merged = replace(cmd, cla=cmd.cla & ~0x10)
+        else:
+            merged = cmd                 # the usual case: nothing to merge, nothing to clear
         if cmd.chained:
             self._chain = merged
             return None

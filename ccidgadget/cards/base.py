@@ -126,6 +126,17 @@ class Card(abc.ABC):
         """
         return None
 
+    def transmit_future(self, apdu: bytes) -> "concurrent.futures.Future[bytes] | asyncio.Future[bytes] | None":
+        """The response APDU as a future, if the engine can start the command now: a future its worker
+        thread completes (emulated cards) or one it resolves from the loop when the answer arrives (the
+        network engines); else None (then `transmit`).  Raises CardError at once for what `transmit` would
+        refuse.  Cancelling the future gives the command up, as cancelling `transmit` does.
+
+        The reader service asks this after `transmit_now`: the answer then reaches the host from the future's
+        done callback, where a task awaiting `transmit` costs three or four more turns of the loop.
+        """
+        return None
+
 
 class EmulatedCard(Card):
     """Base for cards computed on the board.
@@ -219,6 +230,14 @@ class EmulatedCard(Card):
         if len(apdu) >= 2 and apdu[1] in self.QUICK_INS and self._powered and self.present:
             return self.process_apdu(bytes(apdu))
         return None
+
+    def transmit_future(self, apdu: bytes) -> "concurrent.futures.Future[bytes]":
+        # what transmit() does for a command that is not QUICK_INS (transmit_now answered those)
+        if not self.present:
+            raise CardAbsent("no card in the slot")
+        if not self._powered:
+            raise CardMute("card is not powered")
+        return self._executor.submit(self.process_apdu, bytes(apdu))
 
     # -- what a concrete emulated card provides -----------------------------
     @abc.abstractmethod

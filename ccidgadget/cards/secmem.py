@@ -3,7 +3,11 @@
 What this module does (Linux; each step is best effort and reported by `protections()`):
 
 - `harden_process()`: ``prctl(PR_SET_DUMPABLE, 0)`` — no core dump of the daemon, and no
-  ptrace attach or /proc/<pid>/mem read by non-root users;
+  ptrace attach or /proc/<pid>/mem read by non-root users; and glibc's mmap threshold fixed at
+  its default (``mallopt(M_MMAP_THRESHOLD)``), so that scrypt's 16 MiB working memory (PIN and
+  PUK derivation) is unmapped when freed instead of staying in the heap: glibc otherwise raises
+  the threshold after the first such block, the next one comes from the heap and stays in the
+  daemon's RSS (16 MiB of a 56 MiB PIV daemon) holding what scrypt left in it;
 - `SecretBytes`: the data key of an unlocked card lives in its own anonymous page,
   ``madvise(MADV_DONTDUMP)`` (left out of any core dump even if dumps are re-enabled) and
   ``mlock`` (never written to swap), zeroed when the card locks.
@@ -18,36 +22,35 @@ ordinary heap memory until the allocator reuses it.  The PIN or PUK a host sends
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
+
+from ..libc import libc
 
 log = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4
+#: mallopt(3) parameter; setting it also turns off glibc's dynamic threshold
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024           # glibc's default
 PAGE = mmap.PAGESIZE
 
-_libc = None
-
-
 def _c():
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            _libc = False
-    return _libc or None
+    return libc()
 
 
-_state = {"dumpable_off": False, "mlock": None, "dontdump": None}
+_state = {"dumpable_off": False, "mlock": None, "dontdump": None, "mmap_threshold": None}
 
 
 def harden_process() -> bool:
-    """prctl(PR_SET_DUMPABLE, 0); True when it took effect."""
+    """prctl(PR_SET_DUMPABLE, 0) and the fixed mmap threshold; True when the prctl took effect."""
     libc = _c()
     if libc is None:
         return False
+    try:
+        _state["mmap_threshold"] = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    except AttributeError:          # not glibc
+        pass
     try:
         ok = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     except AttributeError:          # not Linux

@@ -19,7 +19,8 @@ the card type owns everything after the header.  Bytes are stored as base64
 (`b64e` / `b64d`).  In format 2 secrets are sealed (cards/vault.py) and a
 document with a ``vault`` section carries a ``mac`` over everything else,
 computed and checked here with the device secret the store was given; a
-mismatch is an `IntegrityError` and the document is not used.  Format 1
+mismatch is an `IntegrityError` and the document is not used.  It is written
+compact, keys sorted: the canonical text of the MAC with ``mac`` last.  Format 1
 (keys in clear) is still read, so that the card can convert it
 (`backup_before_migration` keeps a copy when the user asks for one).  The
 permissions are checked by `load()` as before (group/other bits are removed
@@ -143,9 +144,15 @@ class CardStore:
         document.update({k: v for k, v in state.items() if k not in ("format", "version", "mac")})
         try:
             if "vault" in document:
-                from .vault import document_mac
-                document["mac"] = document_mac(self.device, document)
-            data = json.dumps(document, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+                from .vault import canonical, document_mac
+                # The file is the canonical text the MAC is computed over, "mac" added last: one encoding
+                # for both (json's C encoder; an indented dump is pure Python and was the largest part of a
+                # PUT DATA under TCG).
+                body = canonical(document)
+                data = body[:-1] + b',"mac":' + json.dumps(document_mac(self.device, document, body)).encode() \
+                    + b"}\n"
+            else:
+                data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
         except (TypeError, ValueError) as e:   # a bug in the card's serialiser
             raise StorageError(f"card state is not serialisable: {e}") from e
         self._write(self.path, data)

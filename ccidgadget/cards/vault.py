@@ -247,10 +247,11 @@ def canonical(document: dict) -> bytes:
                       separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def document_mac(device: DeviceSecret, document: dict) -> str:
+def document_mac(device: DeviceSecret, document: dict, body: bytes | None = None) -> str:
+    """The document's `mac`; `body`: its `canonical()` text when the caller has it already."""
     uid = _document_uid(document)
     key = _hkdf(device.value, uid, b"ccidgadget-card/2 integrity")
-    return _b64e(hmac.new(key, canonical(document), hashlib.sha256).digest())
+    return _b64e(hmac.new(key, canonical(document) if body is None else body, hashlib.sha256).digest())
 
 
 def _document_uid(document: dict) -> bytes:

@@ -16,6 +16,7 @@ re-enumerated; teardown runs in reverse.  Around that:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -420,6 +421,9 @@ class Daemon:
                     self.notifier.ready()
                 self._notify_status()
                 log.info("reader ready: %d slot(s) on UDC %s", len(cards), device.udc, extra={"event": "ready"})
+                # What start-up made lives as long as the reader: out of the collector's way, so that the
+                # full collections the APDUs' garbage triggers now and then do not walk it each time.
+                gc.freeze()
                 if self._reenumeration is not None:
                     self._reenumeration_over(self._reenumeration.error)
                 await self._wake.wait()

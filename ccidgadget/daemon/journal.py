@@ -21,10 +21,16 @@ import os
 import sys
 from typing import Callable
 
-try:                                            # optional: the `systemd` extra
-    from systemd.journal import JournalHandler as _JournalHandler
-except ImportError:                             # pragma: no cover - depends on the installation
-    _JournalHandler = None
+
+def journal_handler_class():
+    """systemd-python's JournalHandler (optional: the `systemd` extra), or None; imported only when asked
+    (a daemon that logs to stderr never loads it)."""
+    try:
+        from systemd.journal import JournalHandler
+    except ImportError:                         # pragma: no cover - depends on the installation
+        return None
+    return JournalHandler
+
 
 #: record attribute -> journal field
 FIELDS = {"slot": "SLOT", "engine": "ENGINE", "event": "EVENT"}
@@ -76,7 +82,7 @@ class TextFormatter(logging.Formatter):
 
 def journal_available() -> bool:
     """True when stderr goes to journald and systemd-python can write to it directly."""
-    return _JournalHandler is not None and _stderr_is_journal()
+    return _stderr_is_journal() and journal_handler_class() is not None
 
 
 def _stderr_is_journal() -> bool:
@@ -96,8 +102,9 @@ def setup_logging(level: str = "info", *, engine_of: Callable[[int], str | None]
     """Configure the root logger once; returns the handler.  `target`: auto, journal, stderr."""
     if target == "auto":
         target = "journal" if journal_available() else "stderr"
-    if target == "journal" and _JournalHandler is not None:
-        handler: logging.Handler = _JournalHandler(SYSLOG_IDENTIFIER="ccidgadget")
+    handler_class = journal_handler_class() if target == "journal" else None
+    if handler_class is not None:
+        handler: logging.Handler = handler_class(SYSLOG_IDENTIFIER="ccidgadget")
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(TextFormatter(syslog_prefix=_stderr_is_journal()))

@@ -23,10 +23,14 @@ import socket
 
 log = logging.getLogger(__name__)
 
-try:                                            # optional: the `systemd` extra
-    from systemd import daemon as _sd_daemon
-except ImportError:                             # pragma: no cover - depends on the installation
-    _sd_daemon = None
+
+def _systemd_daemon():
+    """systemd-python's `systemd.daemon` (optional: the `systemd` extra), or None; imported only if asked for."""
+    try:
+        from systemd import daemon
+    except ImportError:                         # pragma: no cover - depends on the installation
+        return None
+    return daemon
 
 
 def _stdlib_notify(state: str) -> bool:
@@ -63,7 +67,8 @@ class Notifier:
     def __init__(self, *, use_systemd_python: bool | None = None) -> None:
         if use_systemd_python is None:
             use_systemd_python = False          # see the module docstring: never block the loop
-        self.backend = "systemd-python" if use_systemd_python and _sd_daemon is not None else "stdlib"
+        self._sd_daemon = _systemd_daemon() if use_systemd_python else None
+        self.backend = "systemd-python" if self._sd_daemon is not None else "stdlib"
         self.last_status: str | None = None
 
     @property
@@ -75,7 +80,7 @@ class Notifier:
             return False
         try:
             if self.backend == "systemd-python":
-                return bool(_sd_daemon.notify(state))
+                return bool(self._sd_daemon.notify(state))
             return _stdlib_notify(state)
         except OSError as e:
             log.debug("sd_notify %r failed: %s", state.split("=")[0], e)

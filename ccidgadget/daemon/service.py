@@ -7,7 +7,8 @@ and call the `HostSide` methods.
 
 Flow for one XfrBlock:
     transport -> service.bulk_out(bytes) -> Reader.receive_bulk_out
-    Reader emits Transmit(slot, token, apdu) -> a task awaits card.transmit
+    Reader emits Transmit(slot, token, apdu) -> the card answers at once (transmit_now), or the future it
+    returns calls back (transmit_future: a worker thread, a network peer), or a task awaits card.transmit
     -> Reader.card_answer(token, rapdu) -> BulkIn(message) -> transport.send_bulk_in
 While a card works, the host is asked for more time (CCID rev 1.1 §6.2.6, bmCommandStatus 2) so its read
 timeout never expires; `_Requests` is the one place that knows the outstanding requests and when each is
@@ -17,6 +18,7 @@ due for its next time extension.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,7 +46,8 @@ class HostSide(Protocol):
     @property
     def descriptor(self) -> ClassDescriptor: ...
     def attach(self, transport: Transport | None) -> None: ...
-    def bulk_out(self, data: bytes, *, transfer_end: bool = False) -> None: ...
+    # `data` may be a view of the transport's buffer, valid only during the call
+    def bulk_out(self, data: bytes | memoryview, *, transfer_end: bool = False) -> None: ...
     def control_request(self, request_type: int, request: int, value: int, index: int,
                         length: int) -> bytes | None: ...
     def usb_reset(self) -> None: ...
@@ -85,7 +88,8 @@ class SlotStatus:
 @dataclass
 class _Request:
     slot: int
-    task: asyncio.Task
+    #: what works on it: an asyncio task, or the future of the card's command (`Card.transmit_future`)
+    task: asyncio.Task | concurrent.futures.Future
     #: loop time at which the host is due its next time extension
     due: float
 
@@ -104,7 +108,7 @@ class _Requests:
         self._by_token: dict[int, _Request] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, token: int, slot: int, task: asyncio.Task) -> None:
+    def add(self, token: int, slot: int, task: asyncio.Task | concurrent.futures.Future) -> None:
         loop = asyncio.get_running_loop()
         self._by_token[token] = _Request(slot, task, loop.time() + self.interval)
         if self._timer is None:
@@ -118,6 +122,9 @@ class _Requests:
         if cancel:
             request.task.cancel()
         return True
+
+    def active(self, token: int) -> bool:
+        return token in self._by_token
 
     def tokens_of(self, slot: int) -> list[int]:
         return [token for token, request in self._by_token.items() if request.slot == slot]
@@ -215,7 +222,7 @@ class ReaderService:
             # Interrupt messages queued while no host was there wait in the core.
             transport.interrupt_pending()
 
-    def bulk_out(self, data: bytes, *, transfer_end: bool = False) -> None:
+    def bulk_out(self, data: bytes | memoryview, *, transfer_end: bool = False) -> None:
         self.reader.receive_bulk_out(data, transfer_end=transfer_end)
         self._flush()
 
@@ -253,7 +260,7 @@ class ReaderService:
             if self.transport is not None:
                 self.transport.send_bulk_in(event.data)
         elif isinstance(event, Transmit):
-            if not self._transmit_now(event):
+            if not self._transmit_now(event) and not self._transmit_future(event):
                 self._start(event.slot, event.token, lambda e=event: self._transmit(e.slot, e.apdu))
         elif isinstance(event, InterruptPending):
             if self.transport is not None:
@@ -304,6 +311,43 @@ class ReaderService:
         self.reader.card_answer(event.token, rapdu)
         return True
 
+    def _transmit_future(self, event: Transmit) -> bool:
+        """Start `event` on its card if it gives a future for it (`Card.transmit_future`); True if it did (or
+        if the card refused it at once: then it is answered already)."""
+        slot, token = event.slot, event.token
+        try:
+            future = self.cards[slot].transmit_future(event.apdu)
+        except CardError as e:
+            self._failed(slot, token, e, outstanding=True)
+            return True
+        except Exception as e:              # an engine bug (or its worker shut down): a hardware error
+            log.exception("slot %d: card engine failed", slot)
+            self._failed(slot, token, CardHardwareError(repr(e)), outstanding=True)
+            return True
+        if future is None:
+            return False
+        self.stats[slot].apdus += 1
+        self._requests.add(token, slot, future)
+        if isinstance(future, asyncio.Future):
+            future.add_done_callback(lambda f: self._future_done(slot, token, f))      # called from the loop
+        else:
+            loop = asyncio.get_running_loop()
+            # called on the worker thread (or here, if cancelled before it started): one hop to the loop
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._future_done, slot, token, f))
+        return True
+
+    def _future_done(self, slot: int, token: int, future) -> None:
+        if future.cancelled() or not self._requests.active(token):
+            return                          # the core cancelled it (abort, reset, removal): nothing to answer
+        try:
+            rapdu = future.result()
+            if len(rapdu) < 2:
+                raise CardMute(f"engine returned a {len(rapdu)}-byte response")
+        except Exception as e:
+            self._conclude(slot, token, error=e)
+        else:
+            self._conclude(slot, token, rapdu)
+
     async def _transmit(self, slot: int, apdu: bytes) -> bytes:
         self.stats[slot].apdus += 1
         rapdu = await self.cards[slot].transmit(apdu)
@@ -331,14 +375,21 @@ class ReaderService:
             data = await work()
         except asyncio.CancelledError:
             return                          # the core cancelled it: nothing to answer
-        except CardError as e:
-            self._failed(slot, token, e)
-        except Exception as e:              # an engine bug: a hardware error, never a dead slot
-            log.exception("slot %d: card engine failed", slot)
-            self._failed(slot, token, CardHardwareError(repr(e)))
+        except Exception as e:
+            self._conclude(slot, token, error=e)
         else:
+            self._conclude(slot, token, data)
+
+    def _conclude(self, slot: int, token: int, data: bytes = b"", *, error: Exception | None = None) -> None:
+        """Request `token` ended with `data` or `error`: the host's answer, unless the core dropped it meanwhile."""
+        if error is None:
             if self._requests.end(token):
                 self.reader.card_answer(token, data)
+        elif isinstance(error, CardError):
+            self._failed(slot, token, error)
+        else:                               # an engine bug: a hardware error, never a dead slot
+            log.error("slot %d: card engine failed", slot, exc_info=error)
+            self._failed(slot, token, CardHardwareError(repr(error)))
         self._flush()
 
     def _failed(self, slot: int, token: int, error: CardError, *, cancel: bool = False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import ipaddress
 import logging
 import socket
@@ -50,6 +51,52 @@ def peer_allowed(peer_ip: str, allow: list[IPNetwork] | None) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr in net for net in allow)
+
+
+class Exclusive:
+    """The engine's lock (one exchange with the client at a time), which a caller on the loop can also take
+    without waiting (`try_acquire`): the reader's APDU fast path.  Released, it passes to the oldest waiter."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def try_acquire(self) -> bool:
+        if self._held or self._waiters:
+            return False
+        self._held = True
+        return True
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut                       # release() handed the lock over
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()              # handed over as we were cancelled: pass it on
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)        # held on behalf of the waiter from here
+                return
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self.release()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -113,8 +160,13 @@ class TcpCardServer(Card, metaclass=abc.ABCMeta):
         self._client: ClientConnection | None = None
         self._pending: asyncio.Future | None = None
         self._pending_what = ""
-        self._lock = asyncio.Lock()
+        self._lock = Exclusive()
         self._powered = False
+        # the fast path's timeout: one timer for as long as requests keep coming, not one per APDU
+        self._deadline = 0.0
+        self._deadline_timeout: float | None = None
+        self._deadline_future: asyncio.Future | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -238,6 +290,50 @@ class TcpCardServer(Card, metaclass=abc.ABCMeta):
                 self._pending = None
                 self._drop(conn, f"{what} cancelled while outstanding")
             raise
+
+    def _request_future(self, frame: bytes, what: str, timeout: float | None) -> asyncio.Future | None:
+        """Write `frame` now and return the future of its one answer (no task, no wait_for); None if the
+        engine is busy with another exchange (then `_request` queues behind it).  The caller must not hold
+        the lock: the future holds it until it is done.  Cancelling the future drops the client, as
+        cancelling `_request` does."""
+        if not self._lock.try_acquire():
+            return None
+        conn = self._client
+        if conn is None:
+            self._lock.release()
+            raise CardAbsent(f"no {self.protocol_name} client")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending, self._pending_what = fut, what
+        fut.add_done_callback(lambda f: self._future_done(f, conn, what))
+        if timeout is not None:
+            self._deadline, self._deadline_timeout, self._deadline_future = loop.time() + timeout, timeout, fut
+            if self._deadline_timer is None:
+                self._deadline_timer = loop.call_at(self._deadline, self._check_deadline)
+        conn.write(frame)
+        return fut
+
+    def _future_done(self, fut: asyncio.Future, conn: ClientConnection, what: str) -> None:
+        self._lock.release()
+        if fut.cancelled() and self._pending is fut:
+            # the caller gave up (CCID Abort, reset): a late answer would be matched to the next command
+            self._pending = None
+            self._drop(conn, f"{what} cancelled while outstanding")
+
+    def _check_deadline(self) -> None:
+        self._deadline_timer = None
+        fut = self._pending
+        if fut is None or fut.done() or fut is not self._deadline_future:
+            return                          # nothing outstanding, or a `_request` (it has its own wait_for)
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:     # a later request: its own deadline
+            self._deadline_timer = loop.call_at(self._deadline, self._check_deadline)
+            return
+        what, timeout = self._pending_what, self._deadline_timeout
+        self._pending = None
+        if self._client is not None:
+            self._on_timeout(self._client, what, timeout)
+        fut.set_exception(self._timeout_error(what, timeout))
 
     def _on_timeout(self, conn: ClientConnection, what: str, timeout: float | None) -> None:
         self._drop(conn, f"no answer to {what} within {timeout} s")

@@ -88,7 +88,7 @@ class VpcdServerCard(TcpCardServer):
             if self._client is not None:
                 self._client.write(ctrl_frame(Ctrl.OFF))
 
-    async def transmit(self, apdu: bytes) -> bytes:
+    def _check_command(self, apdu: bytes) -> None:
         if len(apdu) == CTRL_LEN or len(apdu) > MAX_MESSAGE:
             # A 1-byte message would be read as a control code; more than
             # 65535 bytes do not fit the 16-bit length.
@@ -97,11 +97,20 @@ class VpcdServerCard(TcpCardServer):
             raise CardAbsent("no card in the vpcd slot")
         if not self._powered:
             raise CardMute("card is not powered")
+
+    async def transmit(self, apdu: bytes) -> bytes:
+        self._check_command(apdu)
         async with self._lock:
             rapdu = await self._request(frame(bytes(apdu)), "APDU", self.response_timeout)
         if len(rapdu) < 2:
             raise CardMute(f"vicc answered with {len(rapdu)} bytes, not an R-APDU")
         return rapdu
+
+    def transmit_future(self, apdu: bytes) -> asyncio.Future | None:
+        # transmit() without the task: vicc's answer resolves the future (None while another exchange runs);
+        # an answer under 2 bytes is refused by the reader service as a mute card
+        self._check_command(apdu)
+        return self._request_future(frame(bytes(apdu)), "APDU", self.response_timeout)
 
     def _timeout_error(self, what: str, timeout: float | None) -> Exception:
         return CardMute(f"vicc did not answer the {what} within {timeout} s")

@@ -150,6 +150,14 @@ class VSCardServerCard(TcpCardServer):
             return await self._request(encode(MsgType.APDU, self.reader_id, bytes(apdu)),
                                        "APDU", self.apdu_timeout)
 
+    def transmit_future(self, apdu: bytes) -> asyncio.Future | None:
+        # transmit() without the task: the client's answer resolves the future (None while a flush runs)
+        if not self.present or self._client is None:
+            raise CardAbsent("no card in the VSCard slot")
+        if not self._powered:
+            raise CardMute("card is not powered")
+        return self._request_future(encode(MsgType.APDU, self.reader_id, bytes(apdu)), "APDU", self.apdu_timeout)
+
     def _timeout_error(self, what: str, timeout: float | None) -> Exception:
         return CardMute(f"VSCard client did not answer the {what} within {timeout} s")
 

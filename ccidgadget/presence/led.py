@@ -21,7 +21,6 @@ import logging
 import re
 from pathlib import Path
 
-from .gpio import GpioLine
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,7 @@ class GpioLed(Led):
     """An LED on a GPIO line, requested as an output (off) for the daemon's lifetime."""
 
     def __init__(self, chip: str, line: int, *, active_low: bool = False) -> None:
+        from .gpio import GpioLine          # only a board with a GPIO LED loads the GPIO uAPI
         self.line = GpioLine(chip, line, output=True, active_low=active_low, consumer="ccidgadget-led")
         self.name = f"{self.line.chip}:{line}"
 

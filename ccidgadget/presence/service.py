@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from ..cards.base import Card, EmulatedCard
 from ..ccid.secure import PinRequest
 from .config import BoardConfig, ButtonSpec
-from .hub import PresenceHub
-from .inputkeys import InputKeys, key_code, keypad_keys
-from .led import Blinker, GpioLed, Led, SysfsLed
-from .pinpad import Key, PinPad
+from .led import Blinker
+
+# The hub, the PIN pad and the input devices are imported only by a configuration that has them: a board
+# without buttons starts without their modules.
+if TYPE_CHECKING:
+    from .hub import PresenceHub
+    from .inputkeys import InputKeys
+    from .led import Led
+    from .pinpad import PinPad
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,7 @@ PIN_SUPPORT_VERIFY_MODIFY = 0x03
 #: messages (OpenSC: bNumberMessage 0); the prompts go to the journal instead.
 LCD_LAYOUT_NONE = 0x0000
 
-_KEYPAD_WORDS = {"enter": Key.ENTER, "backspace": Key.BACKSPACE, "cancel": Key.CANCEL}
+_KEYPAD_WORDS = ("enter", "backspace", "cancel")     # the pinpad.Key named by the word
 
 
 class BoardError(OSError):
@@ -75,12 +81,14 @@ class BoardService:
         presence = config.presence
         self.hub: PresenceHub | None = None
         if presence is not None:
+            from .hub import PresenceHub
             self.hub = PresenceHub(timeout=presence.timeout,
                                    slots=set(presence.slots) if presence.slots else None)
             self.hub.listeners.append(self._update_led)
         pin = config.pinpad
         self.pinpad: PinPad | None = None
         if pin.enabled:
+            from .pinpad import PinPad
             self.pinpad = PinPad(default_timeout=pin.timeout, max_timeout=pin.max_timeout,
                                  keypad=pin.keypad is not None, slots=set(pin.slots) if pin.slots else None)
             self.pinpad.listeners.append(self._update_led)
@@ -108,6 +116,7 @@ class BoardService:
             self.blinker = Blinker(self._make_led(presence))
             for spec in presence.buttons:
                 if spec.input is not None:
+                    from .inputkeys import key_code
                     try:
                         code = key_code(spec.key)
                     except ValueError as e:
@@ -122,6 +131,7 @@ class BoardService:
                     button.start(loop)
                     self._gpio_buttons.append(button)
         if self.pinpad is not None and self.config.pinpad.keypad:
+            from .inputkeys import keypad_keys
             self._keypad_map = keypad_keys()
             self._input(self.config.pinpad.keypad, self.config.pinpad.grab)
         for device, keys in self._inputs.items():
@@ -143,6 +153,7 @@ class BoardService:
                      else "'ccidgadget pin'", extra={"event": "pinpad"})
 
     def _make_led(self, presence) -> Led | None:
+        from .led import GpioLed, SysfsLed
         try:
             if presence.led:
                 return SysfsLed(presence.led)
@@ -155,6 +166,7 @@ class BoardService:
 
     def _input(self, device: str, grab: bool) -> None:
         if device not in self._inputs:
+            from .inputkeys import InputKeys
             self._inputs[device] = InputKeys(device, grab=grab)
 
     def stop(self) -> None:
@@ -205,8 +217,9 @@ class BoardService:
             return
         if (self.pinpad is not None and device == self.config.pinpad.keypad and self.pinpad.entries
                 and code in self._keypad_map):
+            from .pinpad import Key
             word = self._keypad_map[code]
-            self.pinpad.key(_KEYPAD_WORDS.get(word, word))
+            self.pinpad.key(Key(word) if word in _KEYPAD_WORDS else word)
             return
         for spec, button_code in self._key_buttons:
             if spec.input == device and code == button_code:

@@ -22,11 +22,14 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Callable
 
-import functionfs
-from functionfs import ch9
+from . import libaio_import  # noqa: F401  (before functionfs: no ldconfig run at start)
+
+import functionfs  # noqa: E402
+from functionfs import ch9  # noqa: E402
 
 from .descriptors import ccid_descriptors
-from .ffs_compat import ParkingOutEndpoint, set_data_endpoints_nonblocking
+from .ffs_compat import (LeanEventsFunction, ParkingOutEndpoint, ReusingInEndpoint,
+                         set_data_endpoints_nonblocking)
 
 if TYPE_CHECKING:
     from ..daemon.service import HostSide
@@ -55,19 +58,16 @@ class _BulkOut(ParkingOutEndpoint):
             return
         # A completion shorter than the AIO buffer ended with a short packet
         # (or ZLP): the host's transfer is over, which lets the core resync.
+        # `data` is a view of the AIO buffer, reused once we return: the core keeps copies only.
         buffer_size = len(data.obj) if data.obj is not None else 0
-        self.owner.service.bulk_out(bytes(data), transfer_end=len(data) < buffer_size)
+        self.owner.service.bulk_out(data, transfer_end=len(data) < buffer_size)
 
 
-class _BulkIn(functionfs.EndpointINFile):
+class _BulkIn(ReusingInEndpoint):
     owner: "CCIDFunction"
 
-    def onComplete(self, buffer_list, user_data, status):
+    def sent(self, status: int) -> None:
         self.owner._bulk_in_done(status)
-        return False
-
-    def onSubmitEAGAIN(self, buffer_list, user_data):
-        self.owner._bulk_in_eagain(bytes(buffer_list[0]))
 
 
 class _InterruptIn(functionfs.EndpointINFile):
@@ -81,7 +81,7 @@ class _InterruptIn(functionfs.EndpointINFile):
         self.owner._interrupt_busy = False
 
 
-class CCIDFunction(functionfs.Function):
+class CCIDFunction(LeanEventsFunction):
     """The CCID interface of the gadget, backed by a ReaderService."""
 
     def __init__(self, path: str, service: "HostSide", *, interface_name: str = "CCID",
@@ -207,15 +207,13 @@ class CCIDFunction(functionfs.Function):
 
     # -- IN completions ---------------------------------------------------------
     def _queue_bulk_in(self, data: bytes) -> None:
-        if self._bulk_in_in_flight >= MAX_BULK_IN_IN_FLIGHT:
-            self._bulk_in_queue.append(data)
+        if self._bulk_in_in_flight >= MAX_BULK_IN_IN_FLIGHT or self._bulk_in_queue:
+            self._bulk_in_queue.append(data)          # in order, after what waits already
             return
-        self._bulk_in_in_flight += 1
-        self.getEndpoint(EP_BULK_IN).submit([bytearray(data)])
-
-    def _bulk_in_eagain(self, data: bytes) -> None:
-        self._bulk_in_in_flight -= 1
-        self._bulk_in_queue.appendleft(data)
+        if self.getEndpoint(EP_BULK_IN).send(data):
+            self._bulk_in_in_flight += 1
+        else:
+            self._bulk_in_queue.appendleft(data)       # no room in the kernel now: after the next completion
 
     def _bulk_in_done(self, status: int) -> None:
         if status == -errno.EAGAIN:
@@ -226,9 +224,12 @@ class CCIDFunction(functionfs.Function):
         if not self.enabled:
             return
         self._bulk_in_in_flight = max(0, self._bulk_in_in_flight - 1)
+        endpoint = self.getEndpoint(EP_BULK_IN)
         while self._bulk_in_queue and self._bulk_in_in_flight < MAX_BULK_IN_IN_FLIGHT:
+            if not endpoint.send(self._bulk_in_queue[0]):
+                break
+            self._bulk_in_queue.popleft()
             self._bulk_in_in_flight += 1
-            self.getEndpoint(EP_BULK_IN).submit([bytearray(self._bulk_in_queue.popleft())])
 
     def _interrupt_done(self, status: int) -> None:
         self._interrupt_busy = False

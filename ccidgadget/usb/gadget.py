@@ -22,7 +22,6 @@ the UDC.  FunctionFS itself goes through python-functionfs.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import logging
@@ -30,6 +29,8 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +95,22 @@ def board_serial() -> str:
     return "0000000000000001"
 
 
-_libc = None
+def _c() -> ctypes.CDLL:
+    c = libc()
+    if c is None:
+        raise OSError(errno.ENOSYS, "no C library to call mount(2) with")
+    return c
 
 
 def _mount(source: str, target: str, fstype: str, options: str = "") -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0,
+    if _c().mount(source.encode(), target.encode(), fstype.encode(), 0,
                    options.encode() or None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount -t {fstype} {source} {target}: {os.strerror(err)}")
 
 
 def _umount(target: str) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if _libc.umount2(target.encode(), 0) != 0:
+    if _c().umount2(target.encode(), 0) != 0:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):
             raise OSError(err, f"umount {target}: {os.strerror(err)}")

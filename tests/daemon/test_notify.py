@@ -26,7 +26,7 @@ from ccidgadget.options import SlotSpec
 from ccidgadget.daemon.notify import Notifier
 from ccidgadget.usb.gadget import Identity
 
-BACKENDS = ["stdlib"] + (["systemd-python"] if notify._sd_daemon is not None else [])
+BACKENDS = ["stdlib"] + (["systemd-python"] if notify._systemd_daemon() is not None else [])
 
 
 class FakeNotifySocket:

@@ -52,7 +52,7 @@ class SlotKey(SealedKey):
     (`sealed_for`) and then kept, so repeated saves write the same bytes.
     """
 
-    __slots__ = ("pin_policy", "touch_policy", "origin", "key_id")
+    __slots__ = ("pin_policy", "touch_policy", "origin", "key_id", "_public_b64")
 
     def __init__(self, key: CardKey | None, pin_policy: PIN_POLICY, touch_policy: TOUCH_POLICY, origin: ORIGIN,
                  *, sealed: dict | None = None, public_key=None, key_id: str | None = None) -> None:
@@ -60,6 +60,7 @@ class SlotKey(SealedKey):
         self.touch_policy = TOUCH_POLICY(touch_policy)
         self.origin = ORIGIN(origin)
         self.key_id = key_id or os.urandom(8).hex()
+        self._public_b64: tuple | None = None       # (public_key, its SubjectPublicKeyInfo in base64): to_dict
         super().__init__(key, sealed, public_key)
 
     def __repr__(self) -> str:
@@ -92,9 +93,12 @@ class SlotKey(SealedKey):
         return self._sealed
 
     def to_dict(self, vault: CardVault) -> dict:
-        public = self.public_key.public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-        return {"algorithm": self.algorithm.name, "public": b64e(public), "key_id": self.key_id,
+        # every save writes every key: its public key is encoded once (the same key object each time)
+        cached = self._public_b64
+        if cached is None or cached[0] is not self.public_key:
+            cached = self._public_b64 = (self.public_key, b64e(self.public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)))
+        return {"algorithm": self.algorithm.name, "public": cached[1], "key_id": self.key_id,
                 "sealed": self.sealed_for(vault), "pin_policy": self.pin_policy.name,
                 "touch_policy": self.touch_policy.name, "origin": self.origin.name}
 
