@@ -52,7 +52,8 @@ class SlotKey:
     (`sealed_for`) and then kept, so repeated saves write the same bytes.
     """
 
-    __slots__ = ("pin_policy", "touch_policy", "origin", "key_id", "public_key", "algorithm", "_clear", "_sealed")
+    __slots__ = ("pin_policy", "touch_policy", "origin", "key_id", "public_key", "algorithm", "_clear", "_sealed",
+                 "_public_b64")
 
     def __init__(self, key: CardKey | None, pin_policy: PIN_POLICY, touch_policy: TOUCH_POLICY, origin: ORIGIN,
                  *, sealed: dict | None = None, public_key=None, key_id: str | None = None) -> None:
@@ -64,6 +65,7 @@ class SlotKey:
         self._sealed = sealed
         self.public_key = key.public_key if key is not None else public_key
         self.algorithm = key.algorithm if key is not None else LockedCardKey(public_key).algorithm
+        self._public_b64: str | None = None     # the public key as saved (every save writes it again)
 
     def __repr__(self) -> str:
         return f"SlotKey({self.algorithm.name}, {self.pin_policy.name}, {self.origin.name})"
@@ -106,9 +108,10 @@ class SlotKey:
         return self._sealed
 
     def to_dict(self, vault: CardVault) -> dict:
-        public = self.public_key.public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-        return {"algorithm": self.algorithm.name, "public": b64e(public), "key_id": self.key_id,
+        if self._public_b64 is None:
+            self._public_b64 = b64e(self.public_key.public_bytes(serialization.Encoding.DER,
+                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
+        return {"algorithm": self.algorithm.name, "public": self._public_b64, "key_id": self.key_id,
                 "sealed": self.sealed_for(vault), "pin_policy": self.pin_policy.name,
                 "touch_policy": self.touch_policy.name, "origin": self.origin.name}
 
