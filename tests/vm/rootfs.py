@@ -210,18 +210,20 @@ class Spec:
     """What goes into one root: architecture, Debian packages, Python requirements."""
 
     def __init__(self, arch: str, *, include: Sequence[str], packages: Sequence[str],
-                 requirements: Sequence[str]):
+                 debian_provided: Sequence[str]):
         self.arch = arch
         self.include = tuple(include)            # debootstrap --include (Priority-required closure + these)
         self.packages = tuple(packages)          # apt-get install in the root afterwards
-        self.requirements = tuple(requirements)  # pip install into VENV
+        # the project's requirements less what Debian's packages provide, pip-installed into VENV
+        self.debian_provided = tuple(debian_provided)
+        self.requirements = tuple(python_requirements(drop=self.debian_provided))
 
     def base_key(self) -> str:
         src = json.dumps([self.arch, SUITE, self.include, self.packages, debian_sources(), _BUILD_VERSION])
         return hashlib.sha256(src.encode()).hexdigest()[:12]
 
     def venv_key(self) -> str:
-        return hashlib.sha256(json.dumps([self.requirements, PIP_PLATFORMS[self.arch], 2]).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps([self.requirements, PIP_PLATFORMS[self.arch], 3]).encode()).hexdigest()[:12]
 
 
 #: bump when the recipe below changes in a way the inputs do not show
@@ -309,6 +311,44 @@ for r in sys.argv[2:]:
 """
 
 
+#: name==version of every distribution the root needs: the wheels' Requires-Dist walked from the
+#: wanted requirements (markers for the root, extras followed), not into what Debian provides
+_CLOSURE = """
+import json, sys, zipfile
+from email.parser import Parser
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name as canon
+except ImportError:             # a bare venv with only pip
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name as canon
+args = json.loads(sys.argv[1])
+meta = {}
+for path in sys.argv[2:]:
+    with zipfile.ZipFile(path) as whl:
+        name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        msg = Parser().parsestr(whl.read(name).decode())
+    meta[canon(msg["Name"])] = (msg["Version"], msg.get_all("Requires-Dist") or [])
+skip = {canon(n) for n in args["skip"]}
+todo = [Requirement(r) for r in args["wanted"]]
+seen = {}
+while todo:
+    req = todo.pop()
+    name = canon(req.name)
+    extras = {""} | set(req.extras)
+    if name in skip or extras <= seen.get(name, set()):
+        continue
+    if name not in meta:
+        sys.exit(f"{req} is needed in the root but no wheel of it was built on this machine")
+    seen[name] = seen.get(name, set()) | extras
+    for dep in map(Requirement, meta[name][1]):
+        if dep.marker is None or any(dep.marker.evaluate({**args["env"], "extra": e}) for e in seen[name]):
+            todo.append(dep)
+for name in sorted(seen):
+    print(f"{name}=={meta[name][0]}")
+"""
+
+
 def host_pip() -> list[str]:
     """argv of a pip on this machine: this interpreter's, or a small venv's in the cache."""
     if subprocess.run([sys.executable, "-m", "pip", "--version"], stdout=subprocess.DEVNULL,
@@ -335,10 +375,17 @@ def install_requirements(spec: Spec, version: str, site: Path, log: Path) -> Non
          env=env)
     for wheel in (work / "native").glob("*-none-any.whl"):
         os.replace(wheel, work / "pure" / wheel.name)
+    # The closure is resolved here, where every wheel exists, and installed pinned with --no-deps: a
+    # dependency that the root takes from Debian (pyscard under yubikey-manager, cryptography on armhf)
+    # has no wheel for the root's platform, so pip's own resolution for that platform is impossible.
+    pinned = _run([pip[0], "-c", _CLOSURE, json.dumps({"env": MARKER_ENV[spec.arch], "wanted": wanted,
+                                                         "skip": sorted(spec.debian_provided)}),
+                   *map(str, [*(work / "pure").glob("*.whl"), *(work / "native").glob("*.whl")])],
+                  what="the requirements' closure for the root", env=env).split()
     platforms = [a for plat in PIP_PLATFORMS[spec.arch] for a in ("--platform", plat)]
     _run([*pip, "install", "-q", "--target", str(site), *platforms, "--python-version", version,
-          "--implementation", "cp", "--only-binary=:all:", "--find-links", str(work / "pure"), *wanted],
-         what=f"pip install --target for {spec.arch}", log=log, env=env)
+          "--implementation", "cp", "--only-binary=:all:", "--no-deps", "--find-links", str(work / "pure"),
+          *pinned], what=f"pip install --target for {spec.arch}", log=log, env=env)
     shutil.rmtree(site / "bin", ignore_errors=True)      # scripts for this machine's interpreter
     shutil.rmtree(work, ignore_errors=True)
 
@@ -387,9 +434,9 @@ ROOT_SPECS = {
                   # Debian's python3-systemd and python3-pyscard (the guest's host side uses them too)
                   # and python3-evdev (PyPI has no evdev wheels, only a C source that needs a compiler);
                   # cryptography from PyPI, as `make install` gets it on a 64-bit Pi
-                  requirements=python_requirements(drop=("systemd-python", "pyscard", "evdev"))),
+                  debian_provided=("systemd-python", "pyscard", "evdev")),
     "armhf": Spec("armhf", include=ARMHF_INCLUDE, packages=ARMHF_PACKAGES,
-                  requirements=python_requirements(drop=("systemd-python", "cryptography", "pyscard", "evdev"))),
+                  debian_provided=("systemd-python", "cryptography", "pyscard", "evdev")),
 }
 
 
