@@ -172,7 +172,7 @@ class Reader:
 
     def __init__(self, config: ReaderConfig = ReaderConfig()) -> None:
         self._config = config
-        self._descriptor = ClassDescriptor.from_config(config)
+        self._descriptor: ClassDescriptor | None = None  # made when first asked for (most of a new Reader's cost)
         # PC_to_RDR_Secure is a command only when the descriptor announces a PIN pad (bPINSupport).
         self._rules = _RULES_WITH_SECURE if config.pin_support else _RULES
         self._max_response = config.max_response_apdu_length
@@ -189,6 +189,8 @@ class Reader:
     # ------------------------------------------------------------------ output
     @property
     def descriptor(self) -> ClassDescriptor:
+        if self._descriptor is None:
+            self._descriptor = ClassDescriptor.from_config(self._config)
         return self._descriptor
 
     @property

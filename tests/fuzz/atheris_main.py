@@ -25,8 +25,9 @@ def main(argv: list[str]) -> None:
     with atheris.instrument_imports(include=["ccidgadget", "tomllib"]):
         from tests.fuzz import targets
         import ccidgadget.daemon.config  # noqa: F401  (instrumented even when the target imports it lazily)
-    target = targets.TARGETS[name]
-    one_input = target.make()
+        # make() imports what only its target needs (the PIV, ISO and OpenPGP cards): inside the
+        # block, or libFuzzer would not see a branch of the code it fuzzes.
+        one_input = targets.TARGETS[name].make()
     atheris.Setup([argv[0]] + argv[2:], one_input)
     atheris.Fuzz()
 
