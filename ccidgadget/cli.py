@@ -338,7 +338,7 @@ def run_cleanup(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "card":
-        from .cards.provision import main_card
+        from .cli_card import main_card
         return main_card(argv[1:])
     if argv and argv[0] == "vpcd-card":
         from .frontends.vpcd_client import main_vpcd_card

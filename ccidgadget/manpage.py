@@ -3,7 +3,7 @@
 
 ``python3 -m ccidgadget.manpage > ccidgadget.8`` (the Debian package does it at build time).
 
-Each verb builds its own parser inside its entry point (cli.py, cards/provision.py, doctor.py,
+Each verb builds its own parser inside its entry point (cli.py, cli_card.py, doctor.py,
 frontends/vpcd_client.py); rather than asking every module to export its parser, the entry point
 is called with ``ArgumentParser.parse_args`` replaced by a function that hands the parser back
 before anything runs. Whatever a verb's options are, the page shows them.

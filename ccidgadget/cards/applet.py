@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any, Protocol
 
 from .base import EmulatedCard
 from .iso7816 import SW, ApduError, CommandAPDU, SHORT_LE_MAX, response
-from .storage import IntegrityError, StorageError
+from .storage import CardStore, IntegrityError, StorageError
+from .vault import VaultSession
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,29 @@ class Applet:
         return ins, handler
 
 
+class StatefulCardSide(Protocol):
+    """What a `StatefulApplet` may ask of its card: a card with a `CardStore` and keys at rest
+    (`VaultCardMixin`).  Applets with more needs extend it (piv/applet.py `PivCardSide`)."""
+
+    store: CardStore
+    """Where the state is saved (`StatefulApplet.commit`, `persist_current`)."""
+
+    state: Any
+    """The current state; `commit` replaces it once the new one is saved."""
+
+    session: VaultSession | None
+    """The open data key while a PIN is verified, None while locked; what the state's open calls take."""
+
+    def unlock(self, dek: bytes) -> None:
+        """Keep the data key a PIN check opened (`unlock_card`)."""
+
+    def lock(self) -> None:
+        """The PIN status is lost: drop the data key and the opened private keys."""
+
+    def data_key(self) -> bytes:
+        """The open data key; PermissionError while locked (6982 through `open_sealed`)."""
+
+
 class StatefulApplet(Applet):
     """An applet whose card keeps its state in a `CardStore` (`card.store`, `card.state`).
 
@@ -76,7 +101,7 @@ class StatefulApplet(Applet):
     failed save is 6581 (memory failure) with the card left exactly as it was.
     """
 
-    card: "AppletCard"
+    card: StatefulCardSide
 
     def commit(self, new_state) -> None:
         try:

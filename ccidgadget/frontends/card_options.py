@@ -87,9 +87,8 @@ def vault_options(args: argparse.Namespace, prog: str):
     """[vault] of the configuration file, read as `ccidgadget card` reads it (None: the defaults)."""
     if getattr(args, "config", None) is None and not DEFAULT_CONFIG_PATH.exists():
         return None                     # nothing to read (and no need to load the provisioning code)
-    from ..cards.provision import ProvisionError
-    from ..cards.provision import vault_options as from_config
+    from ..cards.provision import ProvisionError, vault_options_from_config
     try:
-        return from_config(args)
+        return vault_options_from_config(getattr(args, "config", None))
     except ProvisionError as e:
         raise SystemExit(f"{prog}: {e}") from None

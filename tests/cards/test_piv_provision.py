@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from ccidgadget import cli_card
 from ccidgadget.cards import pin, provision
 from ccidgadget.cards.keys import ALGORITHM
 from ccidgadget.cards.piv import PivCard
@@ -28,7 +29,7 @@ def cheap_kdf(monkeypatch):
 def cli(argv):
     parser = argparse.ArgumentParser(prog="ccidgadget")
     sub = parser.add_subparsers(dest="command")
-    provision.add_card_subcommands(sub)
+    cli_card.add_card_subcommands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -781,7 +781,7 @@ def test_process_is_not_dumpable_and_keys_sit_in_locked_pages(tmp_path):
 
 # -- the offline tools ----------------------------------------------------------------------------------
 def test_card_commands_read_the_vault_configuration(tmp_path, capsys):
-    from ccidgadget.cards.provision import main_card
+    from ccidgadget.cli_card import main_card
     secret = tmp_path / "keys" / "device.key"
     secret.parent.mkdir()
     assert main_card(["new-device-secret", "--file", str(secret)]) == 0
@@ -1137,7 +1137,7 @@ def test_openpgp_terminate_and_activate_make_a_new_vault(tmp_path):
 
 
 def test_openpgp_kdf_cost_and_device_secret_from_the_configuration(tmp_path, capsys):
-    from ccidgadget.cards.provision import main_card
+    from ccidgadget.cli_card import main_card
     from ccidgadget.engines import CardContext, build_card
     from ccidgadget.options import SlotSpec
     options = VaultOptions(kdf=vault.KdfParams(2 ** 10, 1, 1))

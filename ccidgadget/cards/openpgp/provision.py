@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Offline provisioning of an OpenPGP card directory: plain functions, no argparse, no printing.
 
-`ccidgadget card create|import|generate|show|change-pin|reset` (cards/provision.py) calls these
+`ccidgadget card create|import|generate|show|change-pin|reset` (ccidgadget/cli_card.py) calls these
 for a card of type openpgp.  They edit the card directory directly: stop the daemon (or remove
 the card from its slot) first, or the daemon's next save overwrites the change.  PINs are never
 logged or returned.

@@ -27,16 +27,18 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ...cryptocompat import TripleDES
-from ..applet import AppletCard, StatefulApplet, VaultCardMixin
+from ..applet import AppletCard, StatefulApplet, StatefulCardSide, VaultCardMixin
 from ..iso7816 import SW, ApduError, CommandAPDU, make_atr
 from ..keys import ALGORITHM, EC_CURVES, EC_FIELD_BYTES, RSA_BITS, RSA_PUBLIC_EXPONENT, CardKey, rsa_key_from_primes
 from ..pin import PIV_PIN_MAX, piv_check_padded, piv_pad
+from ..presence import UserPresence
 from ..storage import CardStore, StorageError
 from ..vault import DEFAULT_OPTIONS, VaultOptions, save_migrated, warn_if_unbound
 from ..tlv import parse_dict, parse_tlv, tlv, unwrap
@@ -98,11 +100,32 @@ def public_key_template(key: CardKey) -> bytes:
     return tlv(0x86, key.public_point())
 
 
+class PivCardSide(StatefulCardSide, Protocol):
+    """What the PIV applet may ask of its card (`PivCard` implements it): its store, state and data key
+    (`StatefulCardSide`), plus what a reset and the touch policy need, and nothing more."""
+
+    state: PivState
+    """The current PIV state; `commit` replaces it once the new one is saved."""
+
+    options: VaultOptions
+    """The [vault] configuration: the scrypt cost (`kdf`) of the PIN/PUK wraps a RESET makes."""
+
+    presence: UserPresence
+    """Where a touch is asked for (Yubico touch policy); 6982 when it refuses."""
+
+    last_touch: float
+    """`clock()` time of the last confirmed touch (CACHED touch policy); kept across card resets."""
+
+    def clock(self) -> float:
+        """Monotonic seconds, for the CACHED touch policy (tests replace it)."""
+
+
 class PivApplet(StatefulApplet):
     aid = PIV_AID
     name = "PIV"
+    card: PivCardSide
 
-    def __init__(self, card: "PivCard") -> None:
+    def __init__(self, card: PivCardSide) -> None:
         self.card = card
         self.clear_security_status()
 
@@ -577,7 +600,7 @@ class PivApplet(StatefulApplet):
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
         if not (1 <= cmd.p1 <= 15 and 1 <= cmd.p2 <= 15):
             raise ApduError(SW.INCORRECT_P1P2)
-        dek = self._open(lambda: self.card.data_key())
+        dek = self._open(self.card.data_key)
         new_state = self.state.clone()
         # As on a YubiKey, PIN and PUK return to their default values.
         new_state.pin.set_max_tries(cmd.p1)
@@ -755,4 +778,4 @@ class PivCard(VaultCardMixin, AppletCard):
         return d
 
 
-__all__ = ["PivApplet", "PivCard", "ATR_HISTORICAL", "public_key_template"]
+__all__ = ["PivApplet", "PivCard", "PivCardSide", "ATR_HISTORICAL", "public_key_template"]
