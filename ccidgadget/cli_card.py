@@ -55,19 +55,23 @@ def _print_show(info: dict) -> None:
     print(f"  objects: {' '.join(info['objects'])}")
 
 
-def _cmd(fn):
+def _cmd(fn, openpgp=None):
+    """`fn` as a verb: a provisioning error is its message and exit status 1; `openpgp` runs instead of
+    `fn` when the card in --dir (or --type) is an OpenPGP card."""
     def run(args) -> int:
         from .cards.openpgp.provision import OpenPgpProvisionError
         try:
-            if fn.__name__ in _OPENPGP and _is_openpgp(args):     # a card verb on an OpenPGP card
-                _OPENPGP[fn.__name__](args)
-            else:
-                fn(args)
+            (openpgp if openpgp is not None and _is_openpgp(args) else fn)(args)
             return 0
         except (ProvisionError, OpenPgpProvisionError) as e:
             print(f"ccidgadget card: {e}", file=sys.stderr)
             return 1
     return run
+
+
+def _verb(openpgp=None):
+    """@_verb(openpgp=f): `_cmd(fn, f)` as a decorator."""
+    return lambda fn: _cmd(fn, openpgp)
 
 
 def vault_options(args) -> VaultOptions:
@@ -146,11 +150,7 @@ def _openpgp_reset(args) -> None:
     print(f"OpenPGP card {info['serial']} reset to factory defaults (PIN 123456, admin PIN 12345678)")
 
 
-_OPENPGP = {"_create": _openpgp_create, "_import": _openpgp_import, "_generate": _openpgp_generate,
-            "_show": _openpgp_show, "_change_pin": _openpgp_change_pin, "_reset": _openpgp_reset}
-
-
-@_cmd
+@_verb(openpgp=_openpgp_create)
 def _create(args) -> None:
     key = bytes.fromhex(args.mgmt_key) if args.mgmt_key else DEFAULT_MANAGEMENT_KEY
     card = create_card(args.dir, pin=args.pin or DEFAULT_PIN, puk=args.puk or DEFAULT_PUK, mgmt_key=key,
@@ -159,7 +159,7 @@ def _create(args) -> None:
     print(f"created PIV card {card.state.serial} in {args.dir}")
 
 
-@_cmd
+@_verb(openpgp=_openpgp_import)
 def _import(args) -> None:
     entry = import_key(args.dir, parse_slot(args.slot), Path(args.file), password=args.password,
                        pin_policy=PIN_POLICY[args.pin_policy.upper()] if args.pin_policy else None,
@@ -168,7 +168,7 @@ def _import(args) -> None:
     print(f"imported {entry.key.algorithm.cli_name} key into slot {args.slot}")
 
 
-@_cmd
+@_verb(openpgp=_openpgp_generate)
 def _generate(args) -> None:
     entry = generate_key(args.dir, parse_slot(args.slot), parse_algorithm(args.algorithm), subject=args.subject,
                          csr_out=Path(args.csr) if args.csr else None, days=args.days,
@@ -179,7 +179,7 @@ def _generate(args) -> None:
           + (f"; CSR written to {args.csr}" if args.csr else "; self-signed certificate stored"))
 
 
-@_cmd
+@_verb(openpgp=_openpgp_show)
 def _show(args) -> None:
     info = show_card(args.dir, vault_options(args))
     if args.json:
@@ -189,7 +189,7 @@ def _show(args) -> None:
         _print_show(info)
 
 
-@_cmd
+@_verb(openpgp=_openpgp_change_pin)
 def _change_pin(args) -> None:
     which = "puk" if args.puk else "pin"
     old = args.old if args.old is not None else _read_secret(f"current {which.upper()}: ")
@@ -198,7 +198,7 @@ def _change_pin(args) -> None:
     print(f"{which.upper()} changed")
 
 
-@_cmd
+@_verb()
 def _new_device_secret(args) -> None:
     from .cards.device_secret import create_file_secret
     try:
@@ -209,7 +209,7 @@ def _new_device_secret(args) -> None:
           f"\"file\", device_secret_path = \"{args.file}\" before creating cards")
 
 
-@_cmd
+@_verb()
 def _tpm_seal(args) -> None:
     from .cards.device_secret import tpm_seal
     try:
@@ -292,7 +292,7 @@ def add_card_subcommands(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("reset", help="OpenPGP: factory reset (keys, PINs and data objects erased)",
                        parents=[common, kdf])
     p.add_argument("--dir", type=Path, required=True)
-    p.set_defaults(func=_cmd(_reset))
+    p.set_defaults(func=_cmd(_reset, _openpgp_reset))
     return card
 
 
