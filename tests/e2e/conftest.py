@@ -320,19 +320,20 @@ def list_readers(include_virtual: bool = False) -> list:
     except ImportError as e:
         raise AssertionError(f"pyscard is not installed for {sys.executable} ({e}); "
                              "use the project venv (.venv/bin/pip install pyscard)") from None
+    # pyscard 2.0 (Debian 12's, so the arm64 guest's and a Pi's) keeps one PC/SC context per process and
+    # renews it only on SCARD_E_SERVICE_STOPPED: after a pcscd restart the old context lists no reader,
+    # ever, or fails with SCARD_E_NO_SERVICE. So a failure or an empty list is asked again on a new context
+    # (it costs nothing here; newer pyscard renews by itself); a pcscd that is really gone still fails.
     try:
         rs = readers()
-    except Exception as e:       # pyscard's two hierarchies: EstablishContextException, CardServiceNotFound...
-        raise AssertionError(f"pcscd failed to list its readers: {type(e).__name__}: {e}") from None
+    except Exception:
+        rs = None
     if not rs:
-        # pyscard 2.0 (Debian 12's, so the arm64 guest's and a Pi's) keeps one PC/SC context per process
-        # and renews it only on SCARD_E_SERVICE_STOPPED: after a pcscd restart the old context listed no
-        # reader, ever. A new context costs nothing here (newer pyscard does this itself).
         try:
             from smartcard.pcsc.PCSCContext import PCSCContext
             PCSCContext.renewContext()
             rs = readers()
-        except Exception as e:
+        except Exception as e:   # pyscard's two hierarchies: EstablishContextException, CardServiceNotFound...
             raise AssertionError(f"pcscd failed to list its readers: {type(e).__name__}: {e}") from None
     return [r for r in rs if include_virtual or VIRTUAL_PCD not in str(r)]
 
