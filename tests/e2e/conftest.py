@@ -338,6 +338,16 @@ def list_readers(include_virtual: bool = False) -> list:
     return [r for r in rs if include_virtual or VIRTUAL_PCD not in str(r)]
 
 
+def close_connection(conn) -> None:
+    """Disconnect a pyscard connection and release its PC/SC context now, before pcscd goes (in
+    ``__del__`` it would fail on a stopped pcscd). pyscard 2.0 (Debian 12's: the arm64 guest's) has no
+    ``release()``; its context goes with the object."""
+    conn.disconnect()
+    release = getattr(conn, "release", None)
+    if release is not None:
+        release()
+
+
 def find_reader(predicate: Callable[[str], bool] | None = None, timeout: float = 30):
     """Wait for a (non-virtual) reader whose name satisfies ``predicate``; return the pyscard Reader."""
     deadline = time.monotonic() + timeout
@@ -469,4 +479,5 @@ def e2e():
         environment_problem=environment_problem, run_command=run_command, wait_until=wait_until,
         gadgets=gadgets, bound_gadgets=bound_gadgets, ccid_interfaces=ccid_interfaces,
         remove_gadget=remove_gadget, list_readers=list_readers, find_reader=find_reader,
+        close_connection=close_connection,
         PcscdProcess=PcscdProcess, DaemonProcess=DaemonProcess)

@@ -184,8 +184,7 @@ def test_host_reset_and_rebind_50_times_with_apdus_in_flight(daemon, tmp_path, e
         conn.connect()
         data, sw1, sw2 = conn.transmit(list(bytes.fromhex(SELECT_ISO)))
         assert (sw1, sw2) == (0x90, 0x00)
-        conn.disconnect()
-        conn.release()                                   # before pcscd goes, not in __del__
+        e2e.close_connection(conn)                       # before pcscd goes, not in __del__
     finally:
         pcscd.stop()
 

@@ -204,8 +204,7 @@ def test_rsa4096_generation_in_one_slot_does_not_stall_the_other(daemon, log_dir
         report = generate_while_slot1_flows(through(conns[0]), through(conns[1]), bytes.fromhex("0084000008"),
                                             timeout=300, after_generation=count_time_extensions)
         for conn in conns:
-            conn.disconnect()
-            conn.release()                                   # before pcscd goes, not in __del__
+            e2e.close_connection(conn)                       # before pcscd goes, not in __del__
     finally:
         pcscd.stop()
     figures = f"{report.describe()}\ntime extensions libccid logged per generation: {extensions}\n"
