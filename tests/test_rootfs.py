@@ -72,3 +72,19 @@ def test_the_roots_leave_debian_provided_distributions_to_debian(arch):
     names = {r.split(">")[0].split("=")[0].split(";")[0].strip() for r in spec.requirements}
     assert not names & set(spec.debian_provided)
     assert "pyscard" in spec.debian_provided and "evdev" in spec.debian_provided
+
+
+def test_console_scripts_for_the_roots_interpreter(tmp_path):
+    site, bin_dir = tmp_path / "site", tmp_path / "bin"
+    (site / "yubikey_manager-5.9.dist-info").mkdir(parents=True)
+    bin_dir.mkdir()
+    (site / "yubikey_manager-5.9.dist-info/entry_points.txt").write_text(
+        "[console_scripts]\nykman = ykman._cli.__main__:main\nDeep = pkg.mod:obj.run [extra]\n\n"
+        "[other]\nx = y:z\n")
+    assert rootfs.console_scripts(site, bin_dir) == ["ykman", "Deep"]
+    text = (bin_dir / "ykman").read_text()
+    assert text.startswith(f"#!{rootfs.VENV}/bin/python\n")
+    assert "from ykman._cli.__main__ import main as _entry\nsys.exit(_entry())" in text
+    assert "from pkg.mod import obj as _entry\nsys.exit(_entry.run())" in (bin_dir / "Deep").read_text()
+    assert (bin_dir / "ykman").stat().st_mode & 0o111
+    compile((bin_dir / "Deep").read_text(), "Deep", "exec")

@@ -223,7 +223,7 @@ class Spec:
         return hashlib.sha256(src.encode()).hexdigest()[:12]
 
     def venv_key(self) -> str:
-        return hashlib.sha256(json.dumps([self.requirements, PIP_PLATFORMS[self.arch], 3]).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps([self.requirements, PIP_PLATFORMS[self.arch], 4]).encode()).hexdigest()[:12]
 
 
 #: bump when the recipe below changes in a way the inputs do not show
@@ -387,7 +387,31 @@ def install_requirements(spec: Spec, version: str, site: Path, log: Path) -> Non
           "--implementation", "cp", "--only-binary=:all:", "--no-deps", "--find-links", str(work / "pure"),
           *pinned], what=f"pip install --target for {spec.arch}", log=log, env=env)
     shutil.rmtree(site / "bin", ignore_errors=True)      # scripts for this machine's interpreter
+    console_scripts(site, site.parents[2] / "bin")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def console_scripts(site: Path, bin_dir: Path) -> list[str]:
+    """The console scripts of the distributions in ``site`` (``ykman``...), written into the root's venv
+    ``bin_dir`` for the root's interpreter (pip --target wrote them for this machine's, if at all)."""
+    import configparser
+    written = []
+    for entry_points in sorted(site.glob("*.dist-info/entry_points.txt")):
+        parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+        parser.optionxform = str                        # script names keep their case
+        parser.read(entry_points)
+        if not parser.has_section("console_scripts"):
+            continue
+        for name, target in parser.items("console_scripts"):
+            module, _, attr = target.partition(":")
+            attr = attr.split("[")[0].strip()           # "main [extra]": extras mean nothing here
+            script = bin_dir / name
+            script.write_text(f"#!{VENV}/bin/python\nimport sys\nfrom {module.strip()} import "
+                              f"{attr.split('.')[0]} as _entry\n"
+                              f"sys.exit(_entry{''.join('.' + a for a in attr.split('.')[1:])}())\n")
+            script.chmod(0o755)
+            written.append(name)
+    return written
 
 
 def root_key(name: str) -> str:
