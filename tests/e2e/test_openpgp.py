@@ -40,8 +40,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnupg_helpers import GnuPG, GpgError  # noqa: E402
+from piv_helpers import PKCS11_MODULE  # noqa: E402
 
-PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 READER_MATCH = "ccidgadget"
 OPENSC_CONF = "app default {\n  framework pkcs15 {\n    use_file_caching = no;\n  }\n}\n"
 NEW_PIN, NEW_ADMIN, RESET_CODE = "24681357", "87654321abc", "11223344"

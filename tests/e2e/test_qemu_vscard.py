@@ -44,12 +44,12 @@ from ccidgadget.cards.iso7816 import make_atr
 from ccidgadget.cards.piv.applet import ATR_HISTORICAL as PIV_HISTORICAL
 from ccidgadget.frontends.vscard_client import host_atr
 from passthrough_helpers import PcscWatch
+from piv_helpers import PKCS11_MODULE
 from qemu_host import CARDS, LINKS, HostChannel
 
 VM_HOST = "qemu_host"
 
 QEMU_READER = "Gemalto Gemplus USB SmartCard Reader 433-Swap"
-PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 PIV_NAME = "Personal Identity Verification Card"
 CAC_NAME = "Common Access Card (CAC)"
 USB_CCID_MAX_RESPONSE = 374

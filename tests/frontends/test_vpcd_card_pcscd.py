@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from tests.ci import skip_or_fail
+from tests.e2e.piv_helpers import PKCS11_MODULE
 from tests.passthrough.pcscd import PcscdUnavailable, free_port, private_pcscd_with_vpcd
 
 REPO = Path(__file__).resolve().parents[2]
-PKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 TOOLS = ("pkcs11-tool", "opensc-tool", "openssl")
 PIN = "123456"                                  # the PIV card's default PIN (card create)
 SELECT_PIV = "00:A4:04:00:09:A0:00:00:03:08:00:00:10:00"
