@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .base import EmulatedCard
 from .iso7816 import SW, ApduError, CommandAPDU, SHORT_LE_MAX, response
 from .storage import CardStore, IntegrityError, StorageError
-from .vault import VaultSession
+
+if TYPE_CHECKING:     # the ISO card has no vault: importing it would load cryptography at its start
+    from .vault import VaultSession
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from ccidgadget.cards.piv.applet import PivApplet, PivCardSide
 
 
 def _members(protocol) -> set[str]:
-    names = set(typing.get_type_hints(protocol))
+    names: set[str] = set()
     for cls in protocol.__mro__:
         if cls is not typing.Protocol and cls is not object and issubclass(cls, typing.Protocol):
+            names |= set(vars(cls).get("__annotations__", {}))     # unevaluated: types only for checkers
             names |= {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")}
     return names
 
