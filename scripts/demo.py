@@ -99,9 +99,17 @@ def card_demo(work: Path, reader_index: str) -> None:
     if OPENPGP:
         gnupg = work / "gnupg"
         gnupg.mkdir(mode=0o700, exist_ok=True)
-        (gnupg / "scdaemon.conf").write_text("disable-ccid\npcsc-shared\nreader-port ccidgadget\n")
-        show(f"GNUPGHOME={gnupg} gpg --card-status", timeout=60)
+        # scdaemon over PC/SC takes the reader whose name *starts* with reader-port: the OpenPGP slot's
+        # full name (slot 1: "... 00 01"), as the README's quick start writes it
+        from smartcard.System import readers
+        name = next((str(r) for r in readers() if "ccidgadget" in str(r) and str(r).endswith(" 00 01")), None)
+        if name is None:
+            raise SystemExit("demo: pcscd lists no reader for the OpenPGP slot (... 00 01)")
+        (gnupg / "scdaemon.conf").write_text(f"disable-ccid\npcsc-shared\nreader-port {name}\n")
+        out = show(f"GNUPGHOME={gnupg} gpg --card-status", timeout=60)
         show(f"GNUPGHOME={gnupg} gpgconf --kill all")
+        if "D276000124" not in out.replace(" ", ""):
+            raise SystemExit("demo: gpg --card-status did not show the OpenPGP card")
     else:
         print("(not yet: the OpenPGP card is being built; then `gpg --card-status` shows it here)")
 
