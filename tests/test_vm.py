@@ -211,6 +211,18 @@ def test_e2e_arm64(module, tmp_path, vm_prepared_arm64):
     _run_in_guest(module, vm_prepared_arm64, out, {"CCIDGADGET_E2E": "1"})
 
 
+def test_make_demo(tmp_path, vm_prepared):
+    """README: `make demo` on a fresh machine shows what a user gains. scripts/demo.py in a guest: it
+    exits non-zero when the card's signature does not verify on the host, ssh-keygen -D lists no key, or
+    gpg --card-status does not show the OpenPGP card (the demo once printed GnuPG's 'No such device')."""
+    res = testbed.run([vm_prepared.guest_python, str(REPO / "scripts/demo.py"), "--guest"], timeout=600, cwd=REPO,
+                      out_dir=tmp_path, prepared=vm_prepared)
+    print(f"scripts/demo.py: {res.duration:.1f} s of guest wall time")
+    assert res.returncode == 0, res.describe(tail=80)
+    for shown in ("Verified OK", "ecdsa-sha2-nistp256", "Application type .: OpenPGP"):
+        assert shown in res.output, f"the demo did not show {shown!r}\n{_tail(res.output, 80)}"
+
+
 def _run_in_guest(module: str, prepared, out: Path, env: dict) -> None:
     # the shell in the guest expands $CCIDGADGET_VM_OUT (the results share)
     args = _pytest_args(module, "JUNIT")
