@@ -243,14 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_bench(args.n, args.apdu)
     from tests.vm import testbed
 
-    print("bench_engines: no USB device controller here; booting the QEMU guest...", flush=True)
-    result = testbed.run([sys.executable, str(Path(__file__).resolve()), "--guest", "-n", str(args.n),
-                          "--apdu", args.apdu], timeout=args.timeout, cwd=REPO, stream=None)
-    print(result.output)
-    if not result.ok:
-        print(result.describe(tail=60), file=sys.stderr)
-        return 1
-    return 0
+    return testbed.rerun_in_guest(__file__, ["-n", str(args.n), "--apdu", args.apdu], timeout=args.timeout,
+                                  what="bench_engines", tail=60, cwd=REPO, stream=None)
 
 
 if __name__ == "__main__":

@@ -249,16 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     from tests.vm import testbed
 
-    print("bench_piv: no USB device controller here; booting the QEMU guest (TCG: expect 10-20x native times)",
-          flush=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--guest", "--rsa", str(args.rsa), "--ec", str(args.ec),
-           "--tool", str(args.tool)] + (["--no-in-process"] if args.no_in_process else [])
-    result = testbed.run(cmd, timeout=1200, cwd=REPO, env={"CCIDGADGET_E2E": "1"})
-    print(result.output, flush=True)
-    if not result.ok:
-        print(result.describe(tail=40), file=sys.stderr)
-        return 1
-    return 0
+    return testbed.rerun_in_guest(__file__, ["--rsa", str(args.rsa), "--ec", str(args.ec), "--tool", str(args.tool),
+                                            *(["--no-in-process"] if args.no_in_process else [])],
+                                  timeout=1200, what="bench_piv", cwd=REPO, env={"CCIDGADGET_E2E": "1"})
 
 
 if __name__ == "__main__":

@@ -170,15 +170,7 @@ def main() -> int:
         return guest_demo()
     from tests.vm import testbed
 
-    print("demo: this machine has no USB device controller; booting the QEMU guest (about 10 s)...", flush=True)
-    result = testbed.run([sys.executable, str(Path(__file__).resolve()), "--guest"], timeout=600,
-                         cwd=REPO, stream=None)
-    print(result.output)
-    print(f"demo: {result.duration:.0f} s of guest wall time (boot included)", flush=True)
-    if not result.ok:
-        print(result.describe(tail=60), file=sys.stderr)
-        return 1
-    return 0
+    return testbed.rerun_in_guest(__file__, timeout=600, what="demo", tail=60, cwd=REPO, stream=None)
 
 
 if __name__ == "__main__":
