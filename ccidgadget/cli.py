@@ -17,13 +17,34 @@ Verbs on the running daemon (control socket, daemon/control.py):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from . import __version__
+
+def _import_asyncio_without_tls() -> None:
+    """asyncio as on a Python built without OpenSSL, when this process is the program (every entry point,
+    `-m ccidgadget`, the console script and the package's launcher, comes through here first).
+
+    Nothing here speaks TLS, and asyncio imports ssl only to offer it: libssl and libcrypto, 5 MiB resident
+    and a sixth of an ISO card's start under TCG.  `import ssl` works as usual afterwards; only asyncio's
+    own TLS support is off, in this process.
+    """
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None                      # type: ignore[assignment]   (import ssl: ImportError)
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
+_import_asyncio_without_tls()
+import asyncio  # noqa: E402
+
+from . import __version__  # noqa: E402
 from .engines import EngineError
 from .options import (CARD_TYPES, DEFAULT_CARD_TYPE, DEFAULT_GADGET_NAME, DEFAULT_MANUFACTURER, DEFAULT_PRODUCT,
                       DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, ENGINES, LOG_LEVELS, Engine, SlotSpec)
@@ -76,6 +97,21 @@ def _hex16(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, with the terminal's width asked of os: argparse imports shutil for it on every
+    parser built (and shutil brings bz2, lzma and two shared libraries into every daemon start)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:                      # as shutil.get_terminal_size, then argparse's margin
+            try:
+                width = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                width = 0
+            width = (width or 80) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 def daemon_parser() -> argparse.ArgumentParser:
     presets = "; ".join(f"{name} = {vid:04x}:{pid:04x} ({why})" for name, (vid, pid, why) in PRESETS.items())
     p = argparse.ArgumentParser(
@@ -89,6 +125,7 @@ def daemon_parser() -> argparse.ArgumentParser:
                "'ccidgadget vscard-card --help' (put a card into a QEMU guest's usb-ccid through "
                "ccid-card-passthru), 'ccidgadget doctor' (check the board's set-up, with the fix for each problem).",
         argument_default=argparse.SUPPRESS,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"ccidgadget {__version__}")
     p.add_argument("--config", type=Path, metavar="FILE",

@@ -9,7 +9,6 @@ exec at every daemon start for each caller, most of a second under TCG.  glibc's
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 GLIBC = "libc.so.6"
 
@@ -23,7 +22,10 @@ def libc() -> ctypes.CDLL | None:
         _libc = False
         for name in (GLIBC, None):
             try:
-                _libc = ctypes.CDLL(name or ctypes.util.find_library("c"), use_errno=True)
+                if name is None:
+                    from ctypes.util import find_library    # (shutil, tempfile, bz2, lzma: only here)
+                    name = find_library("c")
+                _libc = ctypes.CDLL(name, use_errno=True)
                 break
             except (OSError, TypeError):         # TypeError: find_library found nothing
                 pass

@@ -19,7 +19,7 @@ File system (file identifiers, ISO 7816-4 §5.3.1):
 
 from __future__ import annotations
 
-import secrets
+import os
 
 from .applet import Applet, AppletCard
 from .iso7816 import SW, ApduError, CommandAPDU, make_atr
@@ -134,7 +134,8 @@ class IsoCard(AppletCard):
     QUICK_INS = frozenset({INS_SELECT, INS_READ_BINARY, INS_UPDATE_BINARY, INS_GET_CHALLENGE, INS_GET_DATA, 0xC0})
 
     def __init__(self, serial: str | None = None, *, inserted: bool = True) -> None:
-        self.serial = serial or secrets.token_hex(8).upper()
+        # os.urandom, not secrets: secrets brings hmac and OpenSSL's libcrypto into every ISO start.
+        self.serial = serial or os.urandom(8).hex().upper()
         self.applet = IsoApplet(self)
         super().__init__([self.applet], inserted=inserted)
         self.mf = _Files({
@@ -178,7 +179,7 @@ class IsoCard(AppletCard):
                 raise ApduError(SW.INCORRECT_P1P2)
             if cmd.data or cmd.le is None:
                 raise ApduError(SW.WRONG_LENGTH)
-            return secrets.token_bytes(min(cmd.le, 256))
+            return os.urandom(min(cmd.le, 256))
         if cmd.ins == INS_GET_DATA:
             # §7.4.2: P1P2 is the tag.
             if cmd.p1p2 != TAG_SERIAL:

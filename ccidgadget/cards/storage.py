@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from .base import CardSetupError
@@ -171,9 +170,9 @@ class CardStore:
         self._ensure_directory()
         tmp_name = None
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=self.directory)
+            fd, tmp_name = self._create_temporary(path)
             try:
-                os.fchmod(fd, FILE_MODE)
+                os.fchmod(fd, FILE_MODE)                  # (whatever the umask)
                 view = memoryview(data)
                 while view:
                     n = os.write(fd, view)
@@ -192,6 +191,18 @@ class CardStore:
                     os.unlink(tmp_name)
                 except OSError:
                     pass
+
+    def _create_temporary(self, path: Path) -> tuple[int, str]:
+        """A new file beside `path`, mode 0600 from the start (tempfile.mkstemp's job, without the
+        modules it imports into every daemon start and its name generator on every save)."""
+        for _ in range(16):
+            name = str(self.directory / f".{path.name}.{os.urandom(6).hex()}.tmp")
+            try:
+                return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               FILE_MODE), name
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(self.directory))
 
     def _ensure_directory(self) -> None:
         try:

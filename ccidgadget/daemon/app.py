@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import __version__
 from ..cards.base import Card, EmulatedCard
@@ -37,8 +37,10 @@ from ..usb.gadget import GadgetError
 from .config import ConfigError
 from .control import ControlError, ControlServer
 from .journal import set_level
-from .reload import ReloadPlan, plan
 from .service import ReaderService
+
+if TYPE_CHECKING:
+    from .reload import ReloadPlan
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,7 @@ class Daemon:
             if self.notifier:
                 self.notifier.reloading()
             self.state = "reloading"
+            from .reload import plan            # (the planner's dataclasses only when there is a reload)
             try:
                 result = await self._execute(plan(self.options, new))
             finally:

@@ -24,7 +24,6 @@ An option given on the command line wins over the file; any `--card` replaces al
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ def parse(raw: bytes | str, *, source: str = "<config>") -> DaemonOptions:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ConfigError([f"{source}: not UTF-8 text (byte {e.start}); a TOML file must be UTF-8"]) from None
+    import tomllib                  # (and datetime: only where there is a file to read)
     try:
         data = tomllib.loads(raw)
     except tomllib.TOMLDecodeError as e:
@@ -87,6 +87,7 @@ def peek_runtime_dir(path: Path | str | None = None) -> Path:
     Lenient on purpose: `ccidgadget reload` must find the daemon even when the
     file on disk has just been broken (the daemon then reports why).
     """
+    import tomllib
     try:
         data = tomllib.loads(Path(path or DEFAULT_CONFIG_PATH).read_text())
         value = data.get("daemon", {}).get("runtime_dir")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import logging
 import os
 import subprocess
@@ -31,6 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..libc import libc
+
+try:
+    # hashlib loads OpenSSL's libcrypto (3.4 MiB resident) for one digest per start; CPython's own
+    # SHA-256 gives the same bytes (random.py does the same for SHA-512).
+    from _sha256 import sha256
+except ImportError:                      # Python 3.12 and later: _sha2
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +100,7 @@ def board_serial() -> str:
         except OSError:
             continue
         if raw:
-            return hashlib.sha256(b"ccidgadget usb serial\0" + raw).hexdigest()[:16].upper()
+            return sha256(b"ccidgadget usb serial\0" + raw).hexdigest()[:16].upper()
     return "0000000000000001"
 
 
