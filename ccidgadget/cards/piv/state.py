@@ -19,6 +19,7 @@ become wraps, so no PIN is needed for the conversion.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import hmac
 import os
@@ -213,12 +214,16 @@ class PivState:
         padded_pin, padded_puk = piv_pad(pin), piv_pad(puk)
         vault, dek = CardVault.new(device)
         kdf_dict = kdf.to_dict() if kdf is not None else None
-        state = cls(serial=serial, objects={}, keys={},
-                    pin=PinSlot.new(padded_pin, max_tries=pin_tries, is_default=padded_pin == piv_pad(DEFAULT_PIN),
-                                    device=device, aad=vault.aad(PIN_LABEL), dek=dek, kdf=kdf_dict),
-                    puk=PinSlot.new(padded_puk, max_tries=puk_tries, is_default=padded_puk == piv_pad(DEFAULT_PUK),
-                                    device=device, aad=vault.aad(PUK_LABEL), dek=dek, kdf=kdf_dict),
-                    management=management, vault=vault)
+        # The PUK's scrypt in a second thread while the PIN's runs here (the KDF releases the GIL): a fresh
+        # card's start waits for one KDF instead of two on a board with more than one core.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ccidgadget-kdf") as pool:
+            puk_slot = pool.submit(PinSlot.new, padded_puk, max_tries=puk_tries,
+                                   is_default=padded_puk == piv_pad(DEFAULT_PUK), device=device,
+                                   aad=vault.aad(PUK_LABEL), dek=dek, kdf=kdf_dict)
+            pin_slot = PinSlot.new(padded_pin, max_tries=pin_tries, is_default=padded_pin == piv_pad(DEFAULT_PIN),
+                                   device=device, aad=vault.aad(PIN_LABEL), dek=dek, kdf=kdf_dict)
+            state = cls(serial=serial, objects={}, keys={}, pin=pin_slot, puk=puk_slot.result(),
+                        management=management, vault=vault)
         del dek
         state.pin.next_kdf = state.puk.next_kdf = kdf_dict
         state.install_default_objects()
