@@ -26,6 +26,7 @@ sealed to the device key (`interim_data_key`, docs/card-state-format.md "Migrati
 from __future__ import annotations
 
 import datetime
+import functools
 import secrets
 from dataclasses import dataclass, field, replace
 
@@ -382,6 +383,7 @@ class OpenPgpState:
         return state
 
 
+@functools.lru_cache(maxsize=256)   # pure, and made for every key at every state save
 def key_label(key: KEY, attributes: KeyAttributes, fingerprint: bytes | None, status: KEY_STATUS) -> str:
     """The identity a key is sealed with (associated data): slot, algorithm attributes, fingerprint
     (C7-C9, zeros while none is written) and origin (DE).  Any of them changed in the file and the
