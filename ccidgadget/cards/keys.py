@@ -94,23 +94,44 @@ class KeyLoadError(ValueError):
     """A key or certificate file could not be used (message is for the user)."""
 
 
+#: Concrete key class -> its family ("rsa", "ec", ALGORITHM.ED25519 / X25519, or None: unsupported).
+#: isinstance against cryptography's abstract classes goes through ABCMeta once per class, not per key
+#: (every key opened from the vault, every public key compared, asks).
+_FAMILY: dict[type, object] = {}
+
+
+def _family(cls: type):
+    if issubclass(cls, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        return "rsa"
+    if issubclass(cls, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        return "ec"
+    if issubclass(cls, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return ALGORITHM.ED25519
+    if issubclass(cls, (x25519.X25519PrivateKey, x25519.X25519PublicKey)):
+        return ALGORITHM.X25519
+    return None
+
+
 def algorithm_of(key) -> ALGORITHM:
     """The algorithm identifier of a cryptography private or public key; KeyLoadError if unsupported."""
-    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+    cls = key.__class__
+    try:
+        family = _FAMILY[cls]
+    except KeyError:
+        family = _FAMILY[cls] = _family(cls)
+    if family == "rsa":
         for alg, bits in RSA_BITS.items():
             if key.key_size == bits:
                 return alg
         raise KeyLoadError(f"RSA-{key.key_size} is not supported (use 1024, 2048, 3072 or 4096 bits)")
-    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+    if family == "ec":
         for alg, curve in EC_CURVES.items():
             if isinstance(key.curve, curve):
                 return alg
         raise KeyLoadError(f"elliptic curve {key.curve.name} is not supported (use P-256, P-384, P-521, "
                            "brainpoolP256r1/P384r1/P512r1 or secp256k1)")
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
-        return ALGORITHM.ED25519
-    if isinstance(key, (x25519.X25519PrivateKey, x25519.X25519PublicKey)):
-        return ALGORITHM.X25519
+    if family is not None:
+        return family
     raise KeyLoadError(f"{type(key).__name__.lstrip('_')} keys are not supported")
 
 

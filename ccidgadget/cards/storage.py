@@ -30,6 +30,7 @@ with a warning; a directory or file owned by another user is refused).
 from __future__ import annotations
 
 import base64
+import binascii
 import errno
 import json
 import logging
@@ -60,7 +61,9 @@ class IntegrityError(StorageError):
 
 
 def b64e(data: bytes) -> str:
-    return base64.b64encode(bytes(data)).decode("ascii")
+    # binascii directly: base64.b64encode is a Python wrapper around it, and every state save
+    # encodes each key, PIN record and DO (bytes, bytearray and memoryview all go in as they are).
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def b64d(text: str) -> bytes:

@@ -62,6 +62,10 @@ class BulkOutFramer:
 
     def feed(self, data: bytes | bytearray | memoryview, transfer_end: bool) -> list[Framed]:
         """The items completed by `data`; `transfer_end` says the USB transfer ended after it."""
+        if not data and (not transfer_end or not (self.buffer or self.discarding)):
+            # A zero-length packet completes nothing; it matters only when it ends a transfer
+            # in the middle of a message or of a skipped payload (handled below).
+            return []
         if self.discarding:
             self.discarded_bytes += len(data)
             if transfer_end:

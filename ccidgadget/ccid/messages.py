@@ -126,15 +126,17 @@ def error_response(response_type: int, slot: int, seq: int, status: int, error: 
                    clock_status: int = ClockStatus.RUNNING, protocol: int = 0,
                    clock_khz: int = 0, rate_bps: int = 0) -> bytes:
     """A response of `response_type` that carries no payload except what §6.2 makes mandatory."""
-    if response_type == MessageType.RDR_to_PC_DataBlock:
-        return data_block(slot, seq, status, error)
-    if response_type == MessageType.RDR_to_PC_SlotStatus:
-        return slot_status(slot, seq, status, error, clock_status)
-    if response_type == MessageType.RDR_to_PC_Parameters:
-        return parameters(slot, seq, status, error, protocol)
-    if response_type == MessageType.RDR_to_PC_Escape:
-        return escape(slot, seq, status, error)
-    if response_type == MessageType.RDR_to_PC_DataRateAndClockFrequency:
+    # Once per failed command: compared with plain ints (an enum member looked up on its class
+    # costs ten times a global), SlotStatus first (most failures are answered with it).
+    if response_type == _SLOT_STATUS:
+        return _pack_response(_SLOT_STATUS, 0, slot, seq, status, error, clock_status)
+    if response_type == _DATA_BLOCK:
+        return _pack_response(_DATA_BLOCK, 0, slot, seq, status, error, 0)
+    if response_type == _PARAMETERS:
+        return _pack_response(_PARAMETERS, 0, slot, seq, status, error, protocol)
+    if response_type == _ESCAPE:
+        return _pack_response(_ESCAPE, 0, slot, seq, status, error, 0)
+    if response_type == _DATA_RATE_AND_CLOCK_FREQUENCY:
         # §6.2.5 fixes dwLength at 8, so the current values go along even on failure.
         return data_rate_and_clock_frequency(slot, seq, status, error, clock_khz, rate_bps)
     raise AssertionError(f"not a bulk-IN message type: {response_type:#x}")

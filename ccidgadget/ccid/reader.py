@@ -95,6 +95,17 @@ from .slot import XFR_TRANSITIONS, ChainError, Request, Slot
 MT = MessageType
 
 _POWER_ON, _TRANSMIT, _SECURE = Request.POWER_ON, Request.TRANSMIT, Request.SECURE
+#: bStatus of a failed command (§6.2.6): bmCommandStatus 1 in bits 6-7, then | bmICCStatus.
+_FAILED_BITS = make_status(0, CommandStatus.FAILED)
+_ABSENT_FAILED = make_status(ICCStatus.ABSENT, CommandStatus.FAILED)
+_STOPPED_L = int(ClockStatus.STOPPED_L)
+# The bErrors and the response type of the checks, as module globals: an enum member looked up
+# on its class costs ten times as much, and these run once per malformed message.
+_CMD_NOT_SUPPORTED, _CMD_ABORTED, _CMD_SLOT_BUSY, _ICC_MUTE = (
+    int(SlotError.CMD_NOT_SUPPORTED), int(SlotError.CMD_ABORTED), int(SlotError.CMD_SLOT_BUSY),
+    int(SlotError.ICC_MUTE))
+_B_SLOT, _DW_LENGTH = int(FieldOffset.B_SLOT), int(FieldOffset.DW_LENGTH)
+_SLOT_STATUS = int(MT.RDR_to_PC_SlotStatus)
 _XFR_BLOCK = int(MT.PC_to_RDR_XfrBlock)
 #: Errors that leave a chain in progress alone: the XfrBlock was not looked at.
 _KEEPS_CHAIN = frozenset({SlotError.CMD_SLOT_BUSY, SlotError.CMD_ABORTED})
@@ -209,7 +220,12 @@ class Reader:
         slot changed; reporting it clears the "changed" bits.  Then queued
         HardwareError messages (§6.3.2), oldest first.
         """
-        if any(slot.changed for slot in self._slots):
+        changed = False
+        for slot in self._slots:             # (a loop, not any() over a generator: once per step)
+            if slot.changed:
+                changed = True
+                break
+        if changed:
             bits = bytearray((2 * len(self._slots) + 7) // 8)
             for slot in self._slots:
                 value = (1 if slot.present else 0) | (2 if slot.changed else 0)
@@ -296,7 +312,7 @@ class Reader:
             slot.drop_chain()
             slot.abort_request_seq = slot.abort_message_seq = None
             slot.powered = False
-            slot.reset_parameters()
+            slot.protocol, slot.parameters = slot.atr_defaults  # slot.reset_parameters(), inlined
             if slot.engine_on:
                 slot.engine_on = False
                 self._events.append(PowerOff(slot.index))
@@ -415,27 +431,27 @@ class Reader:
         slots = self._slots
         if rule is None:  # 1
             slot = slots[header.slot] if header.slot < len(slots) else None
-            self._fail(MT.RDR_to_PC_SlotStatus, header.slot, header.seq, slot, SlotError.CMD_NOT_SUPPORTED)
+            self._fail(_SLOT_STATUS, header.slot, header.seq, slot, _CMD_NOT_SUPPORTED)
             return
         if header.slot >= len(slots):  # 2
-            self._fail(rule.response_type, header.slot, header.seq, None, FieldOffset.B_SLOT)
+            self._fail(rule.response_type, header.slot, header.seq, None, _B_SLOT)
             return
         slot = slots[header.slot]
         slot.last_seq = header.seq
         slot.commands += 1
         # 3..8, written out: this runs once per message.
         if (slot.abort_request_seq is not None or slot.abort_message_seq is not None) and not rule.is_abort:
-            error: int = SlotError.CMD_ABORTED
+            error: int = _CMD_ABORTED
         elif rule.handler is None:
-            error = SlotError.CMD_NOT_SUPPORTED
+            error = _CMD_NOT_SUPPORTED
         elif slot.request is not None and not rule.is_abort:
-            error = SlotError.CMD_SLOT_BUSY
+            error = _CMD_SLOT_BUSY
         elif rule.length is not None and header.length != rule.length:
-            error = FieldOffset.DW_LENGTH
+            error = _DW_LENGTH
         elif rule.specific is not None and header[4:] not in rule.specific:  # (b7, b8, b9)
             error = next(offset for offset, allowed in rule.fields if header.field(offset) not in allowed)
         elif (rule.need_card and not slot.present) or (rule.need_active and not slot.powered):
-            error = SlotError.ICC_MUTE
+            error = _ICC_MUTE
         else:
             rule.handler(self, slot, header, data)
             return
@@ -634,14 +650,16 @@ class Reader:
         self._send(messages.parameters(slot.index, seq, slot.icc_status, 0, slot.protocol, slot.parameters))
 
     def _fail(self, response_type: int, slot_number: int, seq: int, slot: Slot | None, error: int) -> None:
-        icc = ICCStatus.ABSENT if slot is None else slot.icc_status
-        if slot is not None:
+        # (the answer to most malformed input: no enum looked up, no call that can be avoided)
+        if slot is None:
+            status, clock, protocol = _ABSENT_FAILED, _STOPPED_L, 0
+        else:
             slot.errors += 1
-        self._send(messages.error_response(
-            response_type, slot_number, seq, make_status(icc, CommandStatus.FAILED), int(error),
-            clock_status=ClockStatus.STOPPED_L if slot is None else slot.clock_status,
-            protocol=0 if slot is None else slot.protocol,
-            clock_khz=self._config.default_clock_khz, rate_bps=self._config.data_rate_bps))
+            status, clock, protocol = slot.icc_status | _FAILED_BITS, slot.clock_status, slot.protocol
+        config = self._config
+        self._events.append(BulkIn(messages.error_response(
+            response_type, slot_number, seq, status, int(error), clock_status=clock, protocol=protocol,
+            clock_khz=config.default_clock_khz, rate_bps=config.data_rate_bps)))
 
     def _fail_command(self, slot: Slot, header: Header, error: int) -> None:
         self._fail(RESPONSE_TYPE[header.message_type], slot.index, header.seq, slot, error)
@@ -652,14 +670,20 @@ class Reader:
 
     def _framing_error(self, header: Header) -> None:
         """Answer a message whose dwLength cannot be honoured (§6.2.6: bError 1)."""
-        response_type = RESPONSE_TYPE.get(header.message_type, MT.RDR_to_PC_SlotStatus)
+        response_type = RESPONSE_TYPE.get(header.message_type, _SLOT_STATUS)
         slot = self._slots[header.slot] if header.slot < len(self._slots) else None
         if slot is not None and header.message_type == _XFR_BLOCK and slot.request is None:
             slot.drop_chain()
-        self._fail(response_type, header.slot, header.seq, slot, FieldOffset.DW_LENGTH)
+        self._fail(response_type, header.slot, header.seq, slot, _DW_LENGTH)
 
     def _interrupt_waiting(self) -> bool:
-        return bool(self._hardware_errors) or any(slot.changed for slot in self._slots)
+        # (before and after every presence change and hardware error: a loop, not a generator)
+        if self._hardware_errors:
+            return True
+        for slot in self._slots:
+            if slot.changed:
+                return True
+        return False
 
     def _interrupt_queued(self, was_waiting: bool) -> None:
         """Emit InterruptPending if the interrupt queue went from empty to non-empty."""

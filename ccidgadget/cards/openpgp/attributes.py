@@ -41,11 +41,19 @@ class KeyAttributes:
         return self.curve.algorithm
 
     def encode(self) -> bytes:
+        # Frozen: encoded once (every state save and every key label encodes the three of them).
+        try:
+            return self.__dict__["_encoded"]
+        except KeyError:
+            pass
         if self.algorithm_id == ALGORITHM_ID.RSA:
-            return (bytes([ALGORITHM_ID.RSA]) + self.rsa_bits.to_bytes(2, "big")
-                    + self.rsa_exponent_bits.to_bytes(2, "big") + bytes([self.rsa_import_format]))
-        tail = bytes([ECC_IMPORT_WITH_PUBLIC_KEY]) if self.ecc_import_with_public_key else b""
-        return bytes([self.algorithm_id]) + self.curve.oid + tail
+            encoded = (bytes([ALGORITHM_ID.RSA]) + self.rsa_bits.to_bytes(2, "big")
+                       + self.rsa_exponent_bits.to_bytes(2, "big") + bytes([self.rsa_import_format]))
+        else:
+            tail = bytes([ECC_IMPORT_WITH_PUBLIC_KEY]) if self.ecc_import_with_public_key else b""
+            encoded = bytes([self.algorithm_id]) + self.curve.oid + tail
+        self.__dict__["_encoded"] = encoded    # (not a field: equality, hash and repr ignore it)
+        return encoded
 
     def describe(self) -> str:
         if self.algorithm_id == ALGORITHM_ID.RSA:

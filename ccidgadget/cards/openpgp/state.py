@@ -26,6 +26,7 @@ sealed to the device key (`interim_data_key`, docs/card-state-format.md "Migrati
 from __future__ import annotations
 
 import datetime
+import functools
 import secrets
 from dataclasses import dataclass, field, replace
 
@@ -60,12 +61,13 @@ class KeyEntry(SealedKey):
     so repeated saves write the same bytes.
     """
 
-    __slots__ = ("status", "_label")
+    __slots__ = ("status", "_label", "_public_b64")
 
     def __init__(self, key: CardKey | None, status: KEY_STATUS, *, sealed: dict | None = None,
                  label: str | None = None, public_key=None) -> None:
         self.status = KEY_STATUS(status)
         self._label = label                  # what `_sealed` was sealed under
+        self._public_b64: tuple | None = None   # (public key, its SubjectPublicKeyInfo in base64)
         super().__init__(key, sealed, public_key)
 
     def __repr__(self) -> str:
@@ -92,7 +94,11 @@ class KeyEntry(SealedKey):
             if self._clear is None:
                 raise StorageError(f"key {label}: its identity changed while the card was locked")
             self._sealed, self._label = vault.seal(self._clear.to_der(), label), label
-        return {"algorithm": self.algorithm.name, "public": b64e(public_key_der(self.public_key)),
+        # every save (two per VERIFY) writes every key: its public key is encoded once
+        cached = self._public_b64
+        if cached is None or cached[0] is not self.public_key:
+            cached = self._public_b64 = (self.public_key, b64e(public_key_der(self.public_key)))
+        return {"algorithm": self.algorithm.name, "public": cached[1],
                 "sealed": dict(self._sealed), "status": self.status.name}
 
     @classmethod
@@ -377,6 +383,7 @@ class OpenPgpState:
         return state
 
 
+@functools.lru_cache(maxsize=256)   # pure, and made for every key at every state save
 def key_label(key: KEY, attributes: KeyAttributes, fingerprint: bytes | None, status: KEY_STATUS) -> str:
     """The identity a key is sealed with (associated data): slot, algorithm attributes, fingerprint
     (C7-C9, zeros while none is written) and origin (DE).  Any of them changed in the file and the
