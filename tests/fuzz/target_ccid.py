@@ -189,12 +189,12 @@ class Harness:
                               f"{sorted(errors)}; answers: {answers}")
         return answers
 
-    def control(self, request_type: int, request: int, value: int, length: int) -> bytes | None:
+    def control(self, request_type: int, request: int, value: int, length: int):
+        """An ep0 class request: (its answer, the bulk-IN messages it released, e.g. an abort's end)."""
         result = self.reader.control_request(request_type, request, value, 0, length)
         if result is not None and (not isinstance(result, bytes) or len(result) > length):
             raise Finding(f"ep0 answer {result!r} longer than wLength {length}")
-        self.drain()
-        return result
+        return result, self.drain()
 
     # -- what comes back ----------------------------------------------------------------
     def drain(self) -> list[tuple[int, int, int, int, int, bytes]]:
@@ -364,9 +364,16 @@ class Harness:
             self.reply(token, ATR if isinstance(request, PowerOn) else b"\x90\x00")
         for slot, state in zip(slots, states):
             if state.aborting:                            # (answers from the engine do not end an abort)
-                if self.control(0x21, 0x01, slot | 0x7E << 8, 0) != b"":
+                # §5.3.1: the abort ends when both halves with one bSeq are in, in either order; the
+                # input may have sent a PC_to_RDR_Abort with this bSeq already, and the ABORT request
+                # then ends it (answered at once; a second PC_to_RDR_Abort would start a new abort).
+                result, answers = self.control(0x21, 0x01, slot | 0x7E << 8, 0)
+                if result != b"":
                     raise Finding("ep0 ABORT refused")
-                self.one(self.bulk(header(0x72, slot, 0x7E), True), 0x81, slot, 0x7E)
+                if not [a for a in answers if a[:3] == (0x81, slot, 0x7E)]:
+                    self.one(self.bulk(header(0x72, slot, 0x7E), True), 0x81, slot, 0x7E)
+                else:
+                    self.one(answers, 0x81, slot, 0x7E)
             r.set_card_present(slot, True)
         self.drain()
         for request in self.requests.values():
