@@ -96,7 +96,8 @@ def ensure_binfmt(arch: str) -> None:
     if not (BINFMT_MISC / "status").exists():
         p = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if p.returncode != 0 or not (BINFMT_MISC / "status").exists():
+        # (the arm64 and armhf preparations run side by side: the other one may have mounted it meanwhile)
+        if not (BINFMT_MISC / "status").exists():
             raise RootUnavailable(
                 f"binfmt_misc is not available on this machine (mount -t binfmt_misc: {p.stdout.strip()}); "
                 f"building the {arch} Debian root runs its binaries through qemu-user-static's binfmt "
