@@ -15,6 +15,14 @@ One daemon, one slot per engine, all holding the same emulated ISO card:
                        shared, so that the bench also times that reader directly ("vpcd-direct":
                        pyscard -> pcscd -> vpcd -> vpcd-card, no USB), the cost of the relayed
                        reader itself
+    slot 4  passthru-min  the VSCard engine with scripts/min_peer.c as its client: C, 90 00 to
+    slot 5  vpcd-min      every APDU, no card; the vpcd engine likewise.  What these add over the
+                       emulated slot is our engine and the loopback round trip, nothing of a peer
+
+Two floors under any relaying engine, measured before and after the rounds: a round trip of a
+12-byte message between two C processes on loopback (min_peer rtt/echo: the kernel's share), and
+the same from a Python asyncio Protocol, as our engines use, to the C echo (what any asyncio
+engine pays for one write, one wake-up and one read).
 
 The client is pyscard -> pcscd -> libccid -> USB (dummy_hcd) -> daemon -> engine -> peer.  The
 variants are interleaved APDU by APDU, in a rotating order, so that the guest's noise hits them
@@ -38,6 +46,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import min_peer  # noqa: E402
 
 GADGETS = Path("/sys/kernel/config/usb_gadget")
 OUT = Path(os.environ.get("CCIDGADGET_VM_OUT", "/tmp"))
@@ -46,7 +57,10 @@ VSCARD_PORT = 2001
 VPCD_PORT = 35990                 # pcscd's own vpcd driver has 35963/35964
 PCSCD_VPCD_PORT = 35963
 VIRTUAL_PCD_0 = "Virtual PCD 00 00"
-ENGINES = ("emulated", "passthru", "vpcd", "pcsc")
+MIN_VSCARD_PORT = VSCARD_PORT + 1
+MIN_VPCD_PORT = VPCD_PORT + 1
+ECHO_PORT = 35992
+ENGINES = ("emulated", "passthru", "vpcd", "pcsc", "passthru-min", "vpcd-min")
 
 
 def have_gadget_stack() -> bool:
@@ -81,7 +95,7 @@ def pct(values, p: float) -> float:
 
 
 class Stack:
-    """The four-slot daemon, the peers, pcscd; all stopped on exit."""
+    """The six-slot daemon, the peers, pcscd; all stopped on exit."""
 
     def __init__(self, state: Path):
         self.state = state
@@ -103,7 +117,9 @@ class Stack:
             "--card", "emulated", "--type", "iso",
             "--card", "passthru", "--listen", f"127.0.0.1:{VSCARD_PORT}",
             "--card", "vpcd", "--listen", f"127.0.0.1:{VPCD_PORT}",
-            "--card", "pcsc", "--reader", VIRTUAL_PCD_0, "--shared"])
+            "--card", "pcsc", "--reader", VIRTUAL_PCD_0, "--shared",
+            "--card", "passthru", "--listen", f"127.0.0.1:{MIN_VSCARD_PORT}",
+            "--card", "vpcd", "--listen", f"127.0.0.1:{MIN_VPCD_PORT}"])
         wait_for(lambda: self.daemon.poll() is not None or bound(), 120, "gadget bound")
         if self.daemon.poll() is not None:
             raise SystemExit(f"bench_engines: the daemon exited with {self.daemon.returncode}; "
@@ -116,7 +132,16 @@ class Stack:
         self.spawn("vpcd-peer", [py, str(HELPERS), "vpcd", str(VPCD_PORT)])
         self.spawn("vpcd-card", [py, "-m", "ccidgadget", "vpcd-card", "--type", "iso", "--port",
                                  str(PCSCD_VPCD_PORT), "--state-dir", str(self.state / "vpcd-card")])
+        from ccidgadget.cards.iso import IsoCard
+        atr = IsoCard().atr().hex()
+        self.spawn("vscard-min-peer", [str(self.min_peer), "vscard", str(MIN_VSCARD_PORT), atr])
+        self.spawn("vpcd-min-peer", [str(self.min_peer), "vpcd", str(MIN_VPCD_PORT), atr])
+        self.spawn("echo-peer", [str(self.min_peer), "echo", str(ECHO_PORT)])
         return self
+
+    @property
+    def min_peer(self) -> Path:
+        return min_peer.build(self.state)
 
     def __exit__(self, *exc) -> None:
         for name, p in reversed(self.procs):
@@ -133,13 +158,13 @@ class Stack:
 def our_readers(timeout: float) -> list:
     from smartcard.System import readers
 
-    def four():
+    def all_slots():
         try:
             rs = sorted((r for r in readers() if "ccidgadget" in str(r)), key=str)
         except Exception:
             return None
         return rs if len(rs) == len(ENGINES) else None
-    return wait_for(four, timeout, f"{len(ENGINES)} ccidgadget readers in pcscd", 0.3)
+    return wait_for(all_slots, timeout, f"{len(ENGINES)} ccidgadget readers in pcscd", 0.3)
 
 
 def connect_when_present(reader, timeout: float):
@@ -194,6 +219,7 @@ def run_bench(n: int, apdu_hex: str) -> int:
             raise SystemExit("bench_engines: the emulated slot did not work")
         print(f"set-up {time.monotonic() - t0:.1f} s; APDU {apdu_hex}, {n} rounds, variants interleaved: "
               f"{', '.join(conns)}")
+        floors_before = min_peer.rtt_floors(stack.min_peer, ECHO_PORT, max(n, 200))
         for _ in range(20):                                   # warm-up
             for conn in conns.values():
                 transmit(conn, apdu)
@@ -206,6 +232,7 @@ def run_bench(n: int, apdu_hex: str) -> int:
         for conn in conns.values():
             conn.disconnect()
             conn.release()
+        floors_after = min_peer.rtt_floors(stack.min_peer, ECHO_PORT, max(n, 200))
         ms = {e: [x * 1e3 for x in v] for e, v in samples.items()}
         ref = ms["emulated"]
         ref_med, ref_p90 = statistics.median(ref), pct(ref, 0.9)
@@ -224,8 +251,14 @@ def run_bench(n: int, apdu_hex: str) -> int:
             diffs = [a - b - c for a, b, c in zip(ms["pcsc"], ms["vpcd-direct"], ref)]
             print(f"{'pcsc engine alone (pcsc - vpcd-direct - emulated, paired)':<60} median "
                   f"{statistics.median(diffs):+.2f} p90 {pct(diffs, 0.9):+.2f}")
+        print("\nfloors of a relay round trip on loopback (12 bytes to the C echo peer; median / p90 ms, "
+              "before and after the rounds):")
+        for name in floors_before:
+            (b, bp), (a, ap) = floors_before[name], floors_after[name]
+            print(f"  {name:<14} {b:6.3f} / {bp:6.3f}   {a:6.3f} / {ap:6.3f}")
         print("\nround trip: pyscard -> pcscd -> libccid -> USB (dummy_hcd) -> daemon -> engine -> peer; "
-              "peers hold an IsoCard, in their own processes, on loopback")
+              "the passthru and vpcd peers hold an IsoCard, in Python processes, on loopback; the -min peers are "
+              "scripts/min_peer.c (90 00, no card)")
         if stack.daemon.poll() is not None:
             raise SystemExit(f"bench_engines: the daemon died (exit {stack.daemon.returncode})")
     return 0

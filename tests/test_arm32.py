@@ -65,8 +65,9 @@ SHARD = ("tests/cards/test_cac_nss.py", "tests/cards/test_piv.py", "tests/cards/
 #: under qemu-user would cost minutes or tools the chroot does not need: GnuPG's scdaemon against the
 #: OpenPGP card (the card's own tests run here), the .deb (architecture all: built, linted and installed
 #: in the amd64 guests; it needs dpkg-dev, lintian and PyPI), groff rendering the man page, swtpm and
-#: tpm2-tools sealing the device secret (the vault's other device-secret sources run here)
-IGNORE = ("tests/cards/test_openpgp_gnupg.py", "tests/packaging")
+#: tpm2-tools sealing the device secret (the vault's other device-secret sources run here); nor the
+#: benchmarks' C peer (scripts/min_peer.c: a compiler, and the benchmarks run on amd64 and arm64)
+IGNORE = ("tests/cards/test_openpgp_gnupg.py", "tests/packaging", "tests/passthrough/test_min_peer.py")
 #: what pcscd (no large-file support on armhf) lists with readdir(): see rootfs.chroot_argv
 PCSC_DIRS = ("/etc/reader.conf.d", "/usr/lib/pcsc/drivers")
 DESELECT = ("not test_bounded_fuzzing and not test_real_vicc_insert_apdu_kill_restart"

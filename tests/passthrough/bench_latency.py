@@ -6,9 +6,12 @@ For each engine a minimal peer runs in its own process (blocking sockets,
 written from the protocol description) and answers every command at once
 with 90 00, so what is measured is the engine plus the TCP loopback round
 trip: the latency a network card adds to each APDU before the card itself
-does any work.  `card.transmit()` is timed from the event loop, as the CCID
-reader will call it.  The emulated ISO card's own transmit (one hop to its
-worker thread) is printed for comparison.
+does any work.  Each engine is timed twice: with that peer in Python and
+with scripts/min_peer.c, the peer in C (no interpreter on the other side).
+`card.transmit()` is timed from the event loop, as the CCID reader will call
+it.  The emulated ISO card's own transmit and the floors of any asyncio
+relay (a 12-byte round trip to a C echo peer, from C and from asyncio) are
+printed for comparison.
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ import multiprocessing
 import socket
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import min_peer  # noqa: E402
 
 from ccidgadget.cards.iso import IsoCard  # noqa: E402
 from ccidgadget.passthrough.vpcd_server import VpcdServerCard  # noqa: E402
@@ -84,6 +94,10 @@ def vpcd_peer(port: int) -> None:
         pass
 
 
+def c_peer(exe: Path, protocol: str, port: int) -> None:
+    subprocess.run([str(exe), protocol, str(port), ATR.hex()], check=False)
+
+
 async def measure(card, apdu: bytes, n: int) -> list[float]:
     await card.power_on()
     for _ in range(50):                                  # warm up
@@ -131,14 +145,26 @@ async def main() -> None:
         lc = min(a.apdu_size - 5, 255)
         apdu = b"\x00\xDA\x01\x01" + bytes([lc]) + bytes(lc)           # PUT DATA, case 3
     print(f"{a.n} APDUs of {len(apdu)} bytes, Python {sys.version.split()[0]}")
-    vsc = await network_engine(VSCardServerCard(listen=("127.0.0.1", 0)), vscard_peer, apdu, a.n)
-    print(summary("VSCard server engine (loopback)", vsc))
-    vpcd = await network_engine(VpcdServerCard(listen=("127.0.0.1", 0)), vpcd_peer, apdu, a.n)
-    print(summary("vpcd server engine (loopback)", vpcd))
+    exe = min_peer.build(Path(tempfile.mkdtemp(prefix="ccidgadget-min-peer-")))
+    for name, engine, peer, protocol in (("VSCard", VSCardServerCard, vscard_peer, "vscard"),
+                                         ("vpcd", VpcdServerCard, vpcd_peer, "vpcd")):
+        samples = await network_engine(engine(listen=("127.0.0.1", 0)), peer, apdu, a.n)
+        print(summary(f"{name} server engine, Python peer", samples))
+        samples = await network_engine(engine(listen=("127.0.0.1", 0)), partial(c_peer, exe, protocol), apdu, a.n)
+        print(summary(f"{name} server engine, C peer", samples))
     iso = IsoCard()
     await iso.start()
     print(summary("emulated IsoCard (for comparison)", await measure(iso, b"\x00\xCA\x00\x5A\x00", a.n)))
     await iso.stop()
+    echo = subprocess.Popen([str(exe), "echo", "35993"])
+    try:
+        time.sleep(0.2)
+        floors = await asyncio.get_running_loop().run_in_executor(None, min_peer.rtt_floors, exe, 35993, a.n)
+    finally:
+        echo.terminate()
+        echo.wait()
+    for name, (median, p90) in floors.items():
+        print(f"{'floor: 12-byte round trip, ' + name:<34} median {median * 1e3:8.1f} us   p90 {p90 * 1e3:8.1f} us")
 
 
 if __name__ == "__main__":
