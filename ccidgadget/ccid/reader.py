@@ -87,7 +87,6 @@ from .constants import (
 )
 from .descriptor import ClassDescriptor
 from .events import BulkIn, Cancel, Event, InterruptPending, PowerOff, PowerOn, Secure, Transmit
-from .secure import SecureError, parse_secure
 from .framing import BulkOutFramer
 from .messages import Header, data_block
 from .slot import XFR_TRANSITIONS, ChainError, Request, Slot
@@ -557,6 +556,9 @@ class Reader:
             # wLevelParameter 0: the structure begins and ends in this message (no chaining).
             self._fail_command(slot, header, FieldOffset.W_LEVEL_PARAMETER)
             return
+        # Imported here: a reader has a Secure rule only with bPINSupport, i.e. a PIN pad configured,
+        # whose modules have loaded this one at start; a reader without one does not pay for it.
+        from .secure import SecureError, parse_secure
         try:
             request = parse_secure(data)
         except SecureError as e:

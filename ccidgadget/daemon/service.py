@@ -22,13 +22,15 @@ import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from ..cards.base import Card, CardAbsent, CardError, CardHardwareError, CardMute
 from ..ccid import (TIME_EXTENSION_INTERVAL, BulkIn, Cancel, InterruptPending, PowerOff, PowerOn, Reader,
                     ReaderConfig, Secure, SlotError, Transmit)
 from ..ccid.descriptor import ClassDescriptor
-from ..ccid.secure import PinRequest
+
+if TYPE_CHECKING:
+    from ..ccid.secure import PinRequest
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..cards.base import Card, EmulatedCard
-from ..ccid.secure import PinRequest
 from .config import BoardConfig, ButtonSpec
 from .led import Blinker
 
-# The hub, the PIN pad and the input devices are imported only by a configuration that has them: a board
-# without buttons starts without their modules.
+# The hub, the PIN pad (and the CCID core's PIN structures) and the input devices are imported only by a
+# configuration that has them: a board without buttons starts without their modules.
 if TYPE_CHECKING:
+    from ..ccid.secure import PinRequest
     from .hub import PresenceHub
     from .inputkeys import InputKeys
     from .led import Led

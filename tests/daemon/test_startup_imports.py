@@ -37,6 +37,8 @@ def test_the_iso_card_starts_without_the_heavy_bindings(tmp_path):
     assert card == "IsoCard"
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert heavy == []
+    # nor the PIN pad's structures (4 enums, 3 dataclasses) for a reader without a PIN pad
+    assert "ccidgadget.ccid.secure" not in modules
     assert asyncio_without_tls
 
 
