@@ -75,6 +75,7 @@ from .constants import (
     REQUEST_TYPE_CLASS_INTERFACE_IN,
     REQUEST_TYPE_CLASS_INTERFACE_OUT,
     RESPONSE_TYPE,
+    ChainParameter,
     ClassRequest,
     ClockStatus,
     CommandStatus,
@@ -96,6 +97,8 @@ MT = MessageType
 _POWER_ON, _TRANSMIT, _SECURE = Request.POWER_ON, Request.TRANSMIT, Request.SECURE
 #: bStatus of a failed command (§6.2.6): bmCommandStatus 1 in bits 6-7, then | bmICCStatus.
 _FAILED_BITS = make_status(0, CommandStatus.FAILED)
+_SINGLE = int(ChainParameter.SINGLE)
+_new_event = tuple.__new__      # BulkIn(m) is _new_event(BulkIn, (m,)) (events.py), minus one Python call
 _ABSENT_FAILED = make_status(ICCStatus.ABSENT, CommandStatus.FAILED)
 _STOPPED_L = int(ClockStatus.STOPPED_L)
 # The bErrors and the response type of the checks, as module globals: an enum member looked up
@@ -368,11 +371,18 @@ class Reader:
             self._send(messages.data_block(slot.index, slot.request_seq, slot.icc_status, data=data))
             return
         slot.request = None
-        if len(data) > self._max_response:
+        n = len(data)
+        if n > self._max_response:
             self._fail_pending(slot, SlotError.HW_ERROR)
             return
-        chain, block = slot.respond(data)
-        self._events.append(BulkIn(data_block(slot.index, slot.request_seq, slot.icc_status, 0, chain, block)))
+        # Once per APDU: the one-block answer (most are) without slot.respond's call, the event made
+        # as its class's __new__ would make it.
+        if n <= slot.max_payload:
+            message = data_block(slot.index, slot.request_seq, slot.icc_status, 0, _SINGLE, data)
+        else:
+            chain, block = slot.respond(data)
+            message = data_block(slot.index, slot.request_seq, slot.icc_status, 0, chain, block)
+        self._events.append(_new_event(BulkIn, (message,)))
 
     def card_failed(self, token: int, error: SlotError | int, *, absent: bool = False) -> None:
         """The engine could not answer request `token`; the host gets `error` as bError.
@@ -548,7 +558,7 @@ class Reader:
             self._fail_command(slot, header, FieldOffset.DW_LENGTH)
             return
         token = self._start(slot, _TRANSMIT, header)
-        self._events.append(Transmit(slot.index, token, apdu))
+        self._events.append(_new_event(Transmit, (slot.index, token, apdu)))
 
     # --- Secure (§6.1.11): the PIN pad ---
     def _secure(self, slot: Slot, header: Header, data: bytes) -> None:
